@@ -1,0 +1,1 @@
+"""Test package (mirrors the source layout)."""
