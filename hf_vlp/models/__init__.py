@@ -1,0 +1,30 @@
+"""Model definitions shipped with every saved hf-vlp model (flat: Hub custom code cannot hold sub-packages).
+
+Files here import only torch, transformers, numpy, PIL and each other, so that `save_pretrained` can copy
+them next to the weights and `trust_remote_code=True` can load them where hf-vlp is not installed.
+"""
+
+from .configuration_dual_encoder import DualEncoderConfig
+from .contrastive import gather_with_grad, image_text_contrastive_loss, token_wise_similarity
+from .image_processing_vlp import InvalidImageError, VLPImageProcessor, sanitize_image
+from .modeling_dual_encoder import DualEncoderModel, DualEncoderOutput, RetrievalEmbeddings, VLPPreTrainedModel
+from .presets import list_presets, preset_info
+from .processing_vlp import VLPProcessor
+
+
+__all__ = [
+    "DualEncoderConfig",
+    "DualEncoderModel",
+    "DualEncoderOutput",
+    "InvalidImageError",
+    "RetrievalEmbeddings",
+    "VLPImageProcessor",
+    "VLPPreTrainedModel",
+    "VLPProcessor",
+    "gather_with_grad",
+    "image_text_contrastive_loss",
+    "list_presets",
+    "preset_info",
+    "sanitize_image",
+    "token_wise_similarity",
+]

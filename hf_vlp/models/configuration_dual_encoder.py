@@ -1,0 +1,160 @@
+"""Configuration of the hf-vlp dual encoder (CLIP / Chinese-CLIP / Wukong style).
+
+This file is shipped inside every saved model folder (Hub custom code), so it imports only
+transformers and its sibling files, never `hf_vlp.*`.
+"""
+
+from __future__ import annotations
+
+from transformers import AutoConfig, PreTrainedConfig
+
+
+__all__ = ["DualEncoderConfig", "build_sub_config"]
+
+TEXT_POOLING_MODES = ("cls", "mean")
+VISION_POOLING_MODES = ("pooler", "cls", "mean")
+SIMILARITY_MODES = ("global", "token_wise")
+TOKEN_REDUCTION_MODES = ("none", "norm", "learned")
+
+
+def build_sub_config(value: PreTrainedConfig | dict | None, default_model_type: str) -> PreTrainedConfig:
+    """Turn a sub-config given as a config object, a dict (as read from `config.json`) or None into a config.
+
+    Any transformers model type is accepted (BERT, RoBERTa, ViT, CLIP vision, Swin ...): the dict's own
+    `model_type` picks the class through `AutoConfig`, which is what lets users plug any Hub tower in.
+    """
+    if isinstance(value, PreTrainedConfig):
+        return value
+    value = dict(value or {})
+    model_type = value.pop("model_type", default_model_type)
+    value.pop("transformers_version", None)
+    return AutoConfig.for_model(model_type, **value)
+
+
+class DualEncoderConfig(PreTrainedConfig):
+    r"""Configuration of a [`DualEncoderModel`]: any transformers text tower plus any vision tower.
+
+    Args:
+        text_config (`dict` or `PreTrainedConfig`, *optional*):
+            Config of the text tower; any transformers text model (default: a BERT, the shape of Chinese
+            RoBERTa-wwm).
+        vision_config (`dict` or `PreTrainedConfig`, *optional*):
+            Config of the vision tower; any transformers vision model (default: a CLIP vision transformer).
+        projection_dim (`int`, *optional*, defaults to 512):
+            Width of the shared embedding space both towers are projected into.
+        logit_scale_init_value (`float`, *optional*, defaults to 2.6592):
+            Initial log of the contrastive temperature's inverse (CLIP's log(1/0.07)).
+        logit_scale_max (`float`, *optional*, defaults to 100.0):
+            Upper bound of `exp(logit_scale)`, as CLIP clamps it, so training cannot make the softmax degenerate.
+        text_pooling (`str`, *optional*, defaults to `"cls"`):
+            `"cls"` (first token, as Chinese-CLIP) or `"mean"` (mean over non-padding tokens).
+        vision_pooling (`str`, *optional*, defaults to `"pooler"`):
+            `"pooler"` (the tower's own `pooler_output`, falling back to the first token when it has none),
+            `"cls"` or `"mean"`.
+        similarity (`str`, *optional*, defaults to `"global"`):
+            `"global"` cosine of pooled embeddings (CLIP) or `"token_wise"` late interaction (FILIP, as Wukong).
+        token_reduction (`str`, *optional*, defaults to `"none"`):
+            How token-wise similarity reduces tokens first (Wukong's reduced token interaction): `"none"`,
+            `"norm"` (keep the tokens with the largest projected norm) or `"learned"` (a TokenLearner-style
+            layer pools the tokens into `image_tokens_kept` / `text_tokens_kept` learned mixtures).
+        image_tokens_kept (`int`, *optional*):
+            Image tokens left after reduction (Wukong uses 12); `None` keeps all.
+        text_tokens_kept (`int`, *optional*):
+            Text tokens left after reduction; `None` keeps all.
+        token_similarity_chunk_size (`int`, *optional*, defaults to 64):
+            Texts scored at once in token-wise similarity, bounding memory at chunk x images x tokens^2.
+        lock_vision (`bool`, *optional*, defaults to `False`):
+            Locked-image tuning (LiT): freeze the vision tower.
+        lock_vision_unlocked_layers (`int`, *optional*, defaults to 0):
+            With `lock_vision`, leave the last N transformer layers (and what follows them) trainable.
+        lock_text (`bool`, *optional*, defaults to `False`):
+            Freeze the text tower.
+        lock_text_unlocked_layers (`int`, *optional*, defaults to 0):
+            With `lock_text`, leave its last N layers trainable.
+        gather_distributed (`bool`, *optional*, defaults to `True`):
+            Under `torch.distributed`, use every rank's embeddings as negatives (gathered with gradient).
+
+    Example:
+
+    ```python
+    >>> from hf_vlp import DualEncoderConfig, DualEncoderModel
+    >>> config = DualEncoderConfig.from_preset("tiny")
+    >>> model = DualEncoderModel(config)
+    ```
+    """
+
+    model_type = "hf_vlp_dual_encoder"
+    sub_configs = {"text_config": AutoConfig, "vision_config": AutoConfig}
+    default_text_model_type = "bert"
+    default_vision_model_type = "clip_vision_model"
+
+    def __init__(
+        self,
+        text_config: PreTrainedConfig | dict | None = None,
+        vision_config: PreTrainedConfig | dict | None = None,
+        projection_dim: int = 512,
+        logit_scale_init_value: float = 2.6592,
+        logit_scale_max: float = 100.0,
+        text_pooling: str = "cls",
+        vision_pooling: str = "pooler",
+        similarity: str = "global",
+        token_reduction: str = "none",
+        image_tokens_kept: int | None = None,
+        text_tokens_kept: int | None = None,
+        token_similarity_chunk_size: int = 64,
+        lock_vision: bool = False,
+        lock_vision_unlocked_layers: int = 0,
+        lock_text: bool = False,
+        lock_text_unlocked_layers: int = 0,
+        gather_distributed: bool = True,
+        initializer_factor: float = 1.0,
+        **kwargs,
+    ):
+        self.text_config = build_sub_config(text_config, self.default_text_model_type)
+        self.vision_config = build_sub_config(vision_config, self.default_vision_model_type)
+        self.projection_dim = projection_dim
+        self.logit_scale_init_value = logit_scale_init_value
+        self.logit_scale_max = logit_scale_max
+        self.text_pooling = text_pooling
+        self.vision_pooling = vision_pooling
+        self.similarity = similarity
+        self.token_reduction = token_reduction
+        self.image_tokens_kept = image_tokens_kept
+        self.text_tokens_kept = text_tokens_kept
+        self.token_similarity_chunk_size = token_similarity_chunk_size
+        self.lock_vision = lock_vision
+        self.lock_vision_unlocked_layers = lock_vision_unlocked_layers
+        self.lock_text = lock_text
+        self.lock_text_unlocked_layers = lock_text_unlocked_layers
+        self.gather_distributed = gather_distributed
+        self.initializer_factor = initializer_factor
+        super().__init__(**kwargs)
+        self.check_options()
+
+    def check_options(self) -> None:
+        """Refuse misspelt modes and impossible sizes at construction, not hours into a run."""
+        for name, allowed in (
+            ("text_pooling", TEXT_POOLING_MODES),
+            ("vision_pooling", VISION_POOLING_MODES),
+            ("similarity", SIMILARITY_MODES),
+            ("token_reduction", TOKEN_REDUCTION_MODES),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{type(self).__name__}.{name}={getattr(self, name)!r}; expected one of {allowed}")
+        for name in ("image_tokens_kept", "text_tokens_kept"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{type(self).__name__}.{name} must be >= 1 or None, got {value}")
+        if self.token_reduction == "learned" and (self.image_tokens_kept is None or self.text_tokens_kept is None):
+            raise ValueError("token_reduction='learned' needs both image_tokens_kept and text_tokens_kept")
+        if self.projection_dim < 1:
+            raise ValueError(f"projection_dim must be >= 1, got {self.projection_dim}")
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> DualEncoderConfig:
+        """Build a named preset (see `hf_vlp.list_presets()`); offline, from the config alone."""
+        from .presets import preset_config_dict
+
+        values = preset_config_dict(name, family="dual_encoder")
+        values.update(overrides)
+        return cls(**values)

@@ -1,0 +1,150 @@
+"""Image processor of hf-vlp models: CLIP preprocessing behind a strict, explicit input check.
+
+Web-scale image-text data holds every kind of image: CMYK JPEGs, palette PNGs with transparency, 16-bit
+greyscale scans, empty files. Each is either converted to 8-bit RGB the way a person would expect (alpha
+composited on white, 16-bit scaled, not clipped) or refused with an `InvalidImageError` that names which
+image and why. The PIL backend is used so that inference does not need torchvision.
+Shipped with saved models (Hub custom code): imports numpy, PIL and transformers only.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+from transformers.image_processing_backends import PilBackend
+from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PILImageResampling
+
+
+__all__ = ["InvalidImageError", "VLPImageProcessor", "sanitize_image"]
+
+_DIRECT_TO_RGB = {"RGB", "L", "1", "CMYK", "YCbCr", "LAB", "HSV"}
+_WITH_ALPHA = {"RGBA", "LA", "PA", "RGBa", "La"}
+_HIGH_BIT_DEPTH = {"I;16", "I;16L", "I;16B", "I;16N", "I", "F"}
+
+
+class InvalidImageError(ValueError):
+    """An input that is not a usable image; `index` says which one of the batch, `reason` why."""
+
+    def __init__(self, index: int, reason: str):
+        self.index = index
+        self.reason = reason
+        super().__init__(f"image {index}: {reason}")
+
+
+def _white_background(image: Image.Image) -> Image.Image:
+    """Composite a transparent image on white: transparent pixels of web images are usually background."""
+    rgba = image.convert("RGBA")
+    background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(background, rgba).convert("RGB")
+
+
+def _high_bit_depth_to_rgb(image: Image.Image) -> Image.Image:
+    """Scale 16/32-bit integer or float greyscale to 8 bits over its range instead of clipping at 255."""
+    array = np.asarray(image, dtype=np.float64)
+    if image.mode == "F":
+        peak = 1.0 if array.max(initial=0.0) <= 1.0 else 255.0
+    else:
+        peak = 65535.0 if array.max(initial=0.0) <= 65535 else float(array.max())
+    scaled = np.clip(array / peak * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return Image.fromarray(scaled, mode="L").convert("RGB")
+
+
+def _array_to_image(array: np.ndarray, index: int) -> Image.Image:
+    """Turn an HW, HWC or CHW array (uint8, uint16, bool or float in [0, 1] or [0, 255]) into a PIL image."""
+    if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):
+        array = np.moveaxis(array, 0, -1)
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)):
+        raise InvalidImageError(index, f"array of shape {tuple(array.shape)} is not an HW, HWC or CHW image")
+    if array.size == 0:
+        raise InvalidImageError(index, f"image has zero size {tuple(array.shape)}")
+    if array.dtype == np.bool_:
+        array = array.astype(np.uint8) * 255
+    elif array.dtype == np.uint16:
+        array = (array.astype(np.float64) / 257.0 + 0.5).astype(np.uint8)
+    elif np.issubdtype(array.dtype, np.floating):
+        if not np.isfinite(array).all():
+            raise InvalidImageError(index, "float image contains NaN or infinity")
+        scale = 255.0 if array.max(initial=0.0) <= 1.0 else 1.0
+        array = np.clip(array * scale + 0.5, 0, 255).astype(np.uint8)
+    elif array.dtype != np.uint8:
+        raise InvalidImageError(index, f"unsupported pixel dtype {array.dtype}")
+    return Image.fromarray(array)
+
+
+def _open(data: bytes | str | os.PathLike, index: int) -> Image.Image:
+    try:
+        image = Image.open(io.BytesIO(data) if isinstance(data, bytes) else data)
+        image.load()
+    except FileNotFoundError as error:
+        raise InvalidImageError(index, f"file not found: {data}") from error
+    except (UnidentifiedImageError, OSError, SyntaxError) as error:
+        source = "bytes" if isinstance(data, bytes) else str(data)
+        raise InvalidImageError(index, f"cannot decode image from {source[:200]}: {error}") from error
+    return image
+
+
+def sanitize_image(image: Any, index: int = 0) -> Image.Image:
+    """Return `image` as an 8-bit RGB PIL image, or raise `InvalidImageError` naming the problem.
+
+    Accepts PIL images, numpy arrays, torch tensors, encoded bytes and local file paths. Converts greyscale,
+    palette, CMYK and 16-bit images; composites transparency on white; refuses zero-size images, non-images
+    and undecodable data.
+    """
+    if isinstance(image, (bytes, str, os.PathLike)):
+        image = _open(image, index)
+    elif hasattr(image, "detach") and hasattr(image, "numpy"):  # torch.Tensor without importing torch
+        image = _array_to_image(image.detach().cpu().numpy(), index)
+    elif isinstance(image, np.ndarray):
+        image = _array_to_image(image, index)
+    elif not isinstance(image, Image.Image):
+        raise InvalidImageError(
+            index, f"expected a PIL image, array, tensor, bytes or path, got {type(image).__name__}"
+        )
+    if image.width == 0 or image.height == 0:
+        raise InvalidImageError(index, f"image has zero size {image.width}x{image.height}")
+    if image.mode == "RGB":
+        return image
+    if image.mode in _WITH_ALPHA or (image.mode == "P" and "transparency" in image.info):
+        return _white_background(image)
+    if image.mode in _HIGH_BIT_DEPTH:
+        return _high_bit_depth_to_rgb(image)
+    if image.mode in _DIRECT_TO_RGB or image.mode == "P":
+        return image.convert("RGB")
+    raise InvalidImageError(index, f"unsupported image mode {image.mode!r}")
+
+
+class VLPImageProcessor(PilBackend):
+    """CLIP-style preprocessing (bicubic resize to a square, CLIP mean/std) of sanitised RGB images."""
+
+    resample = PILImageResampling.BICUBIC
+    image_mean = OPENAI_CLIP_MEAN
+    image_std = OPENAI_CLIP_STD
+    size = {"height": 224, "width": 224}
+    do_resize = True
+    do_center_crop = False
+    do_rescale = True
+    do_normalize = True
+    do_convert_rgb = True
+    model_input_names = ["pixel_values"]
+
+    def preprocess(self, images, *args, **kwargs):
+        """Sanitise every image (see `sanitize_image`), then run the standard pipeline."""
+        return super().preprocess(self.sanitize(images), *args, **kwargs)
+
+    @staticmethod
+    def sanitize(images: Any) -> list[Image.Image]:
+        """A flat list of RGB images from one image or a (possibly nested) sequence of them."""
+        if isinstance(images, Sequence) and not isinstance(images, (str, bytes)):
+            flat = [img for item in images for img in (item if isinstance(item, (list, tuple)) else [item])]
+        else:
+            flat = [images]
+        if not flat:
+            raise InvalidImageError(0, "no images were given")
+        return [sanitize_image(image, index) for index, image in enumerate(flat)]
