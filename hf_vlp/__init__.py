@@ -18,6 +18,7 @@ from .models import (
     sanitize_image,
     token_wise_similarity,
 )
+from .factory import config_for_preset, create_model, load_tokenizer, processor_for_preset
 from .tokenization import build_chinese_tokenizer
 
 
@@ -33,6 +34,10 @@ __all__ = [
     "VLPProcessor",
     "__version__",
     "build_chinese_tokenizer",
+    "config_for_preset",
+    "create_model",
+    "load_tokenizer",
+    "processor_for_preset",
     "list_presets",
     "preset_info",
     "sanitize_image",
