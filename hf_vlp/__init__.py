@@ -5,6 +5,7 @@ Importing `hf_vlp` registers its models with transformers' Auto classes, so `Aut
 """
 
 from . import auto as _auto  # registers the Auto classes
+from .factory import config_for_preset, create_model, load_tokenizer, processor_for_preset
 from .models import (
     DualEncoderConfig,
     DualEncoderModel,
@@ -18,7 +19,6 @@ from .models import (
     sanitize_image,
     token_wise_similarity,
 )
-from .factory import config_for_preset, create_model, load_tokenizer, processor_for_preset
 from .tokenization import build_chinese_tokenizer
 
 
