@@ -8,6 +8,8 @@ import pytest
 import torch
 
 
+pytest_plugins = ["tests.utils.hub_server"]  # the `local_hub` fixture: a loopback Hub for push/download tests
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
