@@ -1,0 +1,1 @@
+"""Tests for the training-side data layer (`trainers.data`)."""
