@@ -65,3 +65,19 @@ def test_unexpected_weights_are_refused():
     source.register_buffer("extra_head", torch.zeros(1))
     with pytest.raises(ConversionError, match="extra_head"):
         chinese_clip_to_dual_encoder(source)
+
+
+def test_convert_command_line(tmp_path):
+    from trainers.cli import main
+
+    source = _tiny_chinese_clip()
+    source.save_pretrained(tmp_path / "source")
+    build_chinese_tokenizer().save_pretrained(tmp_path / "source")
+    assert main(["convert", str(tmp_path / "source"), str(tmp_path / "out")]) == 0
+    converted = DualEncoderModel.from_pretrained(tmp_path / "out").eval()
+    pixels = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            converted.get_image_features(pixels).pooler_output,
+            source.get_image_features(pixel_values=pixels).pooler_output,
+        )

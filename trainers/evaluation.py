@@ -1,0 +1,478 @@
+"""Retrieval and zero-shot evaluation of any hf-vlp model, sharded over processes.
+
+The gallery is encoded once (`model.encode_image` / `model.encode_text`, each process its share, gathered), then
+every process ranks its share of the queries against the whole gallery in chunks: `hf_vlp.retrieval.chunked_topk`
+for global embeddings, chunked `model.similarity` for token-wise (FILIP) models. A model with a cross encoder can
+re-rank each query's top-k through an optional hook (see `RERANK_HOOK`). The ranked lists are gathered and turned
+into Recall@1/5/10 both ways and mean recall with `hf_vlp.retrieval`, identically on every process.
+
+Zero-shot classification encodes one prompt per class (`一张{}的照片。` by default) and scores images against them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from PIL import Image
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from transformers.utils import ModelOutput
+
+from hf_vlp.retrieval import (
+    chunked_topk,
+    dense_from_topk,
+    gather_for_eval,
+    rerank_topk,
+    retrieval_recall,
+    retrieval_recall_from_topk,
+    zero_shot_accuracy,
+)
+from trainers.data import BadSampleError, EvalGallery, decode_image
+
+
+__all__ = [
+    "RERANK_HOOK",
+    "EvalRuntime",
+    "ZeroShotSet",
+    "build_zero_shot_set",
+    "chance_recall",
+    "encode_images",
+    "encode_texts",
+    "evaluate_retrieval",
+    "evaluate_zero_shot",
+]
+
+logger = logging.getLogger(__name__)
+
+# Optional model method `rerank_scores(image, text, direction) -> Tensor[B]`: scores B (image, text) pairs, where
+# `image` / `text` are what `encode_image` / `encode_text` returned, indexed down to the B pairs, and `direction`
+# is "i2t" or "t2i" (R2D2 has one cross encoder per direction; a model with one may ignore it). Higher = better.
+RERANK_HOOK = "rerank_scores"
+RECALL_KS = (1, 5, 10)
+
+
+@dataclass
+class EvalRuntime:
+    """Where and how to run evaluation: device, batching, the process group share, mixed precision, progress."""
+
+    device: torch.device
+    batch_size: int = 64
+    num_workers: int = 0
+    rank: int = 0
+    world_size: int = 1
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
+    show_progress: bool = False
+
+    def shard(self, num_items: int) -> tuple[int, int]:
+        """This process's contiguous share `[start, stop)` of `num_items` (gathering keeps rank order)."""
+        return num_items * self.rank // self.world_size, num_items * (self.rank + 1) // self.world_size
+
+
+@dataclass
+class ZeroShotSet:
+    """Images with a class label each, and the class names prompts are built from."""
+
+    images: list[Any]
+    labels: list[int]
+    class_names: list[str]
+
+
+def build_zero_shot_set(records: Sequence[dict], label_column: str = "label") -> ZeroShotSet | None:
+    """The labelled images of `records` (one per `image_id`; records whose label is empty are left out).
+
+    Class names are the sorted distinct labels. Returns None when no record has a label, so callers can pass any
+    eval split and get zero-shot metrics only where labels exist.
+    """
+    images, names, seen = [], [], set()
+    for index, record in enumerate(records):
+        label = record.get(label_column)
+        image_id = str(record.get("image_id", index))
+        if label in (None, "") or image_id in seen:
+            continue
+        seen.add(image_id)
+        images.append(record["image"])
+        names.append(str(label))
+    if not images:
+        return None
+    class_names = sorted(set(names))
+    slot = {name: index for index, name in enumerate(class_names)}
+    return ZeroShotSet(images, [slot[name] for name in names], class_names)
+
+
+# ------------------------------------------------------------------------------------------------ encoding
+class _ImageRefs(Dataset):
+    """Decodes lazy image references in the DataLoader workers; a bad image becomes None (counted later)."""
+
+    def __init__(self, refs: Sequence[Any]) -> None:
+        self.refs = refs
+
+    def __len__(self) -> int:
+        return len(self.refs)
+
+    def __getitem__(self, index: int) -> Image.Image | None:
+        try:
+            return decode_image(self.refs[index])
+        except BadSampleError as error:
+            logger.warning("Evaluation image %d cannot be used (%s); it is encoded as a blank image", index, error)
+            return None
+
+
+class _ImageBatcher:
+    """Collate decoded images into `pixel_values`; a bad image keeps its slot as zeros so indices stay aligned."""
+
+    def __init__(self, processor: Any) -> None:
+        self.processor = processor
+
+    def __call__(self, images: list[Image.Image | None]) -> tuple[torch.Tensor, int]:
+        good = [image for image in images if image is not None]
+        placeholder = [Image.new("RGB", (8, 8))] if not good else []
+        pixels = self.processor(images=good or placeholder, return_tensors="pt")["pixel_values"]
+        if len(good) == len(images):
+            return pixels, 0
+        out = pixels.new_zeros((len(images), *pixels.shape[1:]))
+        out[torch.tensor([image is not None for image in images])] = pixels[: len(good)]
+        return out, len(images) - len(good)
+
+
+class _TextBatcher:
+    def __init__(self, processor: Any, max_length: int | None) -> None:
+        self.processor = processor
+        self.max_length = max_length
+
+    def __call__(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        kwargs = {"padding": "longest", "truncation": True, "return_tensors": "pt"}
+        if self.max_length is not None:
+            kwargs["max_length"] = self.max_length
+        return dict(self.processor(text=list(texts), **kwargs))
+
+
+def _tensor_fields(output: ModelOutput) -> dict[str, torch.Tensor]:
+    return {key: value for key, value in output.items() if isinstance(value, torch.Tensor)}
+
+
+def _pad_to(tensor: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """Zero-pad every dim after the first up to `shape` (zero = padding in token masks)."""
+    padding = []
+    for dim in reversed(range(1, tensor.dim())):
+        padding += [0, shape[dim] - tensor.shape[dim]]
+    return torch.nn.functional.pad(tensor, padding) if any(padding) else tensor
+
+
+def _concat(outputs: list[ModelOutput]) -> ModelOutput:
+    """Concatenate batch outputs along dim 0, padding token dims (texts are padded per batch)."""
+    fields = {}
+    for key in _tensor_fields(outputs[0]):
+        parts = [_tensor_fields(out)[key] for out in outputs]
+        shape = [max(part.shape[dim] for part in parts) for dim in range(parts[0].dim())]
+        fields[key] = torch.cat([_pad_to(part, shape) for part in parts], dim=0)
+    return type(outputs[0])(**fields)
+
+
+def _gather(output: ModelOutput, runtime: EvalRuntime) -> ModelOutput:
+    """Every process's share, concatenated in rank order, on every process."""
+    if runtime.world_size == 1:
+        return output
+    fields = {}
+    for key, value in _tensor_fields(output).items():
+        shape = torch.tensor(value.shape, device=value.device)
+        dist.all_reduce(shape, op=dist.ReduceOp.MAX)
+        fields[key] = gather_for_eval(_pad_to(value, shape.tolist()).contiguous())
+    return type(output)(**fields)
+
+
+def _take(output: ModelOutput, index: torch.Tensor | slice) -> ModelOutput:
+    """Rows `index` of every tensor field."""
+    return type(output)(**{key: value[index] for key, value in _tensor_fields(output).items()})
+
+
+def _to_float(output: ModelOutput) -> ModelOutput:
+    """Mixed-precision embeddings in float32 for scoring (top-k needs one dtype on both sides)."""
+    return type(output)(
+        **{key: value.float() if value.is_floating_point() else value for key, value in _tensor_fields(output).items()}
+    )
+
+
+def _progress(iterable, runtime: EvalRuntime, description: str):
+    if not runtime.show_progress:
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, desc=description, leave=False)
+
+
+@torch.no_grad()
+def _encode(
+    encode: Callable[..., ModelOutput], loader: DataLoader, runtime: EvalRuntime, description: str, images: bool
+) -> tuple[list[ModelOutput], int]:
+    outputs, num_bad = [], 0
+    for batch in _progress(loader, runtime, description):
+        with runtime.autocast():
+            if images:
+                pixels, bad = batch
+                num_bad += bad
+                outputs.append(encode(pixel_values=pixels.to(runtime.device)))
+            else:
+                outputs.append(encode(**{key: value.to(runtime.device) for key, value in batch.items()}))
+    return outputs, num_bad
+
+
+def encode_images(
+    model: nn.Module, images: Sequence[Any], processor: Any, runtime: EvalRuntime
+) -> tuple[ModelOutput, int]:
+    """`model.encode_image` of every image (this process encodes its share; all shares are gathered).
+
+    Returns the gathered output (float32 fields) and the number of images that could not be decoded (encoded as
+    blank images so that indices stay aligned; summed over processes).
+    """
+    start, stop = runtime.shard(len(images))
+    # A process with an empty share still has to take part in the gathers with the right field shapes.
+    share = images[start:stop] if stop > start else images[:1]
+    loader = DataLoader(
+        _ImageRefs(share),
+        batch_size=runtime.batch_size,
+        num_workers=runtime.num_workers,
+        collate_fn=_ImageBatcher(processor),
+    )
+    outputs, num_bad = _encode(model.encode_image, loader, runtime, "Encoding images", images=True)
+    local = _concat(outputs)
+    if stop == start:
+        local, num_bad = _take(local, slice(0, 0)), 0
+    num_bad = _sum_over_processes(num_bad, runtime)
+    return _to_float(_gather(local, runtime)), num_bad
+
+
+def encode_texts(
+    model: nn.Module, texts: Sequence[str], processor: Any, runtime: EvalRuntime, max_length: int | None = None
+) -> ModelOutput:
+    """`model.encode_text` of every text (sharded and gathered like `encode_images`), float32 fields."""
+    if max_length is None:
+        max_length = getattr(processor, "max_length", None)
+    start, stop = runtime.shard(len(texts))
+    share = list(texts[start:stop]) if stop > start else list(texts[:1])
+    loader = DataLoader(share, batch_size=runtime.batch_size, collate_fn=_TextBatcher(processor, max_length))
+    local = _concat(_encode(model.encode_text, loader, runtime, "Encoding texts", images=False)[0])
+    if stop == start:
+        local = _take(local, slice(0, 0))
+    return _to_float(_gather(local, runtime))
+
+
+def _sum_over_processes(value: int, runtime: EvalRuntime) -> int:
+    if runtime.world_size == 1:
+        return value
+    total = torch.tensor([value], device=runtime.device)
+    dist.all_reduce(total)
+    return int(total.item())
+
+
+# ------------------------------------------------------------------------------------------------ ranking
+def _blockwise_topk(
+    score_block: Callable[[int, int], torch.Tensor], num_gallery: int, k: int, chunk_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Running top-k over gallery blocks of `score_block(start, stop) -> [Q, stop - start]` scores.
+
+    Order among equal scores is by gallery index, as `chunked_topk` orders them: each block is sorted stably and
+    the running candidates (lower indices) come before the block's in the stable merge.
+    """
+    best_scores, best_indices = None, None
+    for start in range(0, num_gallery, chunk_size):
+        scores = score_block(start, min(start + chunk_size, num_gallery)).float()
+        scores, order = scores.sort(dim=1, descending=True, stable=True)
+        scores, indices = scores[:, :k], order[:, :k] + start
+        if best_scores is not None:
+            scores = torch.cat([best_scores, scores], dim=1)
+            indices = torch.cat([best_indices, indices], dim=1)
+            scores, order = scores.sort(dim=1, descending=True, stable=True)
+            scores, indices = scores[:, :k], indices.gather(1, order[:, :k])
+        best_scores, best_indices = scores, indices
+    return best_scores, best_indices
+
+
+def _rank(
+    model: nn.Module,
+    queries: ModelOutput,
+    gallery: ModelOutput,
+    query_is_image: bool,
+    k: int,
+    chunk_size: int,
+    token_wise: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k gallery items for each query: `(scores, indices)`, both `[Q, k]`."""
+    num_gallery = next(iter(_tensor_fields(gallery).values())).shape[0]
+    if not token_wise:
+        return chunked_topk(queries.embeds, gallery.embeds, k, chunk_size=chunk_size)
+
+    def score_block(start: int, stop: int) -> torch.Tensor:
+        block = _take(gallery, slice(start, stop))
+        if query_is_image:
+            return model.similarity(queries, block)[0]
+        return model.similarity(block, queries)[1].t()
+
+    return _blockwise_topk(score_block, num_gallery, k, chunk_size)
+
+
+def _rerank_hook(model: nn.Module) -> Callable[..., torch.Tensor] | None:
+    hook = getattr(model, RERANK_HOOK, None)
+    if not callable(hook):
+        return None
+    if "direction" in inspect.signature(hook).parameters:
+        return hook
+    return lambda image, text, direction: hook(image, text)
+
+
+def _query_topk(
+    model: nn.Module,
+    images: ModelOutput,
+    texts: ModelOutput,
+    direction: str,
+    runtime: EvalRuntime,
+    k: int,
+    chunk_size: int,
+    rerank: Callable[..., torch.Tensor] | None,
+    combine: str | float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """This process's share of the queries of one direction, ranked (and re-ranked), gathered over processes."""
+    query_is_image = direction == "i2t"
+    queries_all = images if query_is_image else texts
+    num_queries = next(iter(_tensor_fields(queries_all).values())).shape[0]
+    start, stop = runtime.shard(num_queries)
+    queries = _take(queries_all, slice(start, stop))
+    gallery = texts if query_is_image else images
+    token_wise = getattr(getattr(model, "config", None), "similarity", "global") == "token_wise"
+    query_chunk = 256
+    scores, indices = [], []
+    for begin in range(0, stop - start, query_chunk):
+        block = _take(queries, slice(begin, begin + query_chunk))
+        block_scores, block_indices = _rank(model, block, gallery, query_is_image, k, chunk_size, token_wise)
+        scores.append(block_scores)
+        indices.append(block_indices)
+    num_cols = min(k, next(iter(_tensor_fields(gallery).values())).shape[0])
+    scores = torch.cat(scores) if scores else torch.empty(0, num_cols, device=runtime.device)
+    indices = torch.cat(indices) if indices else torch.empty(0, num_cols, dtype=torch.long, device=runtime.device)
+    if rerank is not None and scores.numel():
+
+        def pair_scorer(query_index: torch.Tensor, candidate_index: torch.Tensor) -> torch.Tensor:
+            image_index, text_index = (
+                (query_index, candidate_index) if query_is_image else (candidate_index, query_index)
+            )
+            with runtime.autocast():
+                return rerank(_take(images, image_index), _take(texts, text_index), direction=direction)
+
+        query_index = torch.arange(start, stop, device=indices.device)
+        scores, indices = rerank_topk(
+            query_index, indices, scores, pair_scorer, combine=combine, batch_size=runtime.batch_size
+        )
+    scores, indices = scores.float().contiguous(), indices.contiguous()
+    if runtime.world_size == 1:
+        return scores, indices
+    return gather_for_eval(scores), gather_for_eval(indices)
+
+
+def evaluate_retrieval(
+    model: nn.Module,
+    gallery: EvalGallery,
+    processor: Any,
+    runtime: EvalRuntime,
+    *,
+    topk: int = 128,
+    chunk_size: int = 4096,
+    rerank: bool = True,
+    rerank_combine: str | float = "sum",
+    ks: Sequence[int] = RECALL_KS,
+) -> dict[str, float]:
+    """Image-text retrieval metrics of `model` on `gallery`: `i2t_R@K`, `t2i_R@K`, `*_mean`, `mean_recall` (percent).
+
+    Also reports `num_images`, `num_texts`, and `num_bad_images` when some gallery images could not be decoded
+    (they stay in the gallery as blank images, so the numbers remain comparable with the full protocol).
+    Every process must call it (the encoding and the ranking are sharded); all return the same numbers.
+    """
+    if not gallery.images or not gallery.texts:
+        raise ValueError("the evaluation gallery has no images or no texts")
+    was_training = model.training
+    model.eval()
+    try:
+        images, num_bad = encode_images(model, gallery.images, processor, runtime)
+        texts = encode_texts(model, gallery.texts, processor, runtime)
+        hook = _rerank_hook(model) if rerank else None
+        k = max(topk, max(ks))
+        results = {
+            direction: _query_topk(model, images, texts, direction, runtime, k, chunk_size, hook, rerank_combine)
+            for direction in ("i2t", "t2i")
+        }
+    finally:
+        model.train(was_training)
+    (scores_i2t, indices_i2t), (scores_t2i, indices_t2i) = results["i2t"], results["t2i"]
+    txt2imgs = gallery.txt2imgs
+    if indices_i2t.shape[1] >= max(ks) and indices_t2i.shape[1] >= max(ks):
+        metrics = retrieval_recall_from_topk(
+            indices_i2t.cpu(),
+            indices_t2i.cpu(),
+            gallery.img2txt,
+            txt2imgs,
+            ks,
+            topk_scores_i2t=scores_i2t.cpu(),
+            topk_scores_t2i=scores_t2i.cpu(),
+        )
+    else:  # a gallery smaller than max(ks): the lists hold every item, so the dense matrices are exact
+        metrics = retrieval_recall(
+            dense_from_topk(indices_i2t.cpu(), scores_i2t.cpu(), len(gallery.texts)),
+            gallery.img2txt,
+            txt2imgs,
+            ks,
+            sim_t2i=dense_from_topk(indices_t2i.cpu(), scores_t2i.cpu(), len(gallery.images)),
+        )
+    metrics.update(num_images=len(gallery.images), num_texts=len(gallery.texts))
+    if num_bad:
+        metrics["num_bad_images"] = num_bad
+    return metrics
+
+
+def chance_recall(gallery: EvalGallery, ks: Sequence[int] = RECALL_KS) -> dict[str, float]:
+    """Expected `i2t_mean`, `t2i_mean` and `mean_recall` (percent) of a model that ranks at random, to read the
+    metrics of a run against: with `g` ground truths among `n` items, R@k is `1 - C(n - g, k) / C(n, k)`."""
+
+    def expected(ground_truths: list[list[int]], num_gallery: int) -> float:
+        total = 0.0
+        for k in ks:
+            k = min(k, num_gallery)
+            for items in ground_truths:
+                total += 1.0 - math.comb(num_gallery - len(items), k) / math.comb(num_gallery, k)
+        return 100.0 * total / (len(ks) * len(ground_truths))
+
+    i2t = expected(gallery.img2txt, len(gallery.texts))
+    t2i = expected(gallery.txt2imgs, len(gallery.images))
+    return {"i2t_mean": i2t, "t2i_mean": t2i, "mean_recall": (i2t + t2i) / 2}
+
+
+def evaluate_zero_shot(
+    model: nn.Module,
+    dataset: ZeroShotSet,
+    processor: Any,
+    runtime: EvalRuntime,
+    prompt: str = "一张{}的照片。",
+) -> dict[str, float]:
+    """Zero-shot classification accuracy: `top1` (and `top5` with more than 5 classes), in percent.
+
+    Each class is the text `prompt.format(name)`; an image's class scores are its image-to-text similarities.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        images, _ = encode_images(model, dataset.images, processor, runtime)
+        prompts = encode_texts(model, [prompt.format(name) for name in dataset.class_names], processor, runtime)
+        with torch.no_grad():
+            num_images = images.embeds.shape[0]
+            logits = torch.cat(
+                [model.similarity(_take(images, slice(s, s + 256)), prompts)[0] for s in range(0, num_images, 256)]
+            )
+    finally:
+        model.train(was_training)
+    ks = (1, 5) if len(dataset.class_names) > 5 else (1,)
+    return zero_shot_accuracy(logits.float().cpu(), dataset.labels, ks=ks)
