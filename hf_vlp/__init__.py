@@ -5,11 +5,20 @@ Importing `hf_vlp` registers its models with transformers' Auto classes, so `Aut
 """
 
 from . import auto as _auto  # registers the Auto classes
+from .adapters import default_lora_config, load_adapter, merge_adapter, prepare_peft_model
 from .factory import config_for_preset, create_model, load_tokenizer, processor_for_preset
+from .hub import HubPushError, push_model_folder
+from .model_card import render_model_card, write_model_card
 from .models import (
     DualEncoderConfig,
     DualEncoderModel,
     DualEncoderOutput,
+    FusionEncoderConfig,
+    FusionEncoderForPreTraining,
+    FusionEncoderForPreTrainingOutput,
+    FusionEncoderForRetrieval,
+    FusionEncoderOutput,
+    FusionRetrievalEmbeddings,
     InvalidImageError,
     RetrievalEmbeddings,
     VLPImageProcessor,
@@ -28,6 +37,13 @@ __all__ = [
     "DualEncoderConfig",
     "DualEncoderModel",
     "DualEncoderOutput",
+    "FusionEncoderConfig",
+    "FusionEncoderForPreTraining",
+    "FusionEncoderForPreTrainingOutput",
+    "FusionEncoderForRetrieval",
+    "FusionEncoderOutput",
+    "FusionRetrievalEmbeddings",
+    "HubPushError",
     "InvalidImageError",
     "RetrievalEmbeddings",
     "VLPImageProcessor",
@@ -36,10 +52,17 @@ __all__ = [
     "build_chinese_tokenizer",
     "config_for_preset",
     "create_model",
+    "default_lora_config",
+    "load_adapter",
     "load_tokenizer",
+    "merge_adapter",
+    "prepare_peft_model",
     "processor_for_preset",
     "list_presets",
     "preset_info",
+    "push_model_folder",
+    "render_model_card",
     "sanitize_image",
     "token_wise_similarity",
+    "write_model_card",
 ]

@@ -11,13 +11,22 @@ from transformers import (
     AutoConfig,
     AutoImageProcessor,
     AutoModel,
+    AutoModelForPreTraining,
     AutoModelForZeroShotImageClassification,
     AutoProcessor,
     PreTrainedConfig,
     PreTrainedModel,
 )
 
-from .models import DualEncoderConfig, DualEncoderModel, VLPImageProcessor, VLPProcessor
+from .models import (
+    DualEncoderConfig,
+    DualEncoderModel,
+    FusionEncoderConfig,
+    FusionEncoderForPreTraining,
+    FusionEncoderForRetrieval,
+    VLPImageProcessor,
+    VLPProcessor,
+)
 
 
 __all__ = ["register_model_family"]
@@ -42,3 +51,9 @@ def register_model_family(
 VLPImageProcessor.register_for_auto_class("AutoImageProcessor")
 VLPProcessor.register_for_auto_class("AutoProcessor")
 register_model_family(DualEncoderConfig, DualEncoderModel, (AutoModelForZeroShotImageClassification,))
+# Fusion family: AutoModel gives the inference model (what evaluation, pipelines and the Space load; a
+# pre-training checkpoint loads into it without its momentum copy, queue and MLM head), AutoModelForPreTraining
+# the training model. Both are written into every saved folder's auto_map.
+register_model_family(FusionEncoderConfig, FusionEncoderForRetrieval, (AutoModelForZeroShotImageClassification,))
+AutoModelForPreTraining.register(FusionEncoderConfig, FusionEncoderForPreTraining, exist_ok=True)
+FusionEncoderForPreTraining.register_for_auto_class("AutoModelForPreTraining")

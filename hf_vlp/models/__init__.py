@@ -5,9 +5,17 @@ them next to the weights and `trust_remote_code=True` can load them where hf-vlp
 """
 
 from .configuration_dual_encoder import DualEncoderConfig
+from .configuration_fusion_encoder import FusionEncoderConfig
 from .contrastive import gather_with_grad, image_text_contrastive_loss, token_wise_similarity
 from .image_processing_vlp import InvalidImageError, VLPImageProcessor, sanitize_image
 from .modeling_dual_encoder import DualEncoderModel, DualEncoderOutput, RetrievalEmbeddings, VLPPreTrainedModel
+from .modeling_fusion_encoder import (
+    FusionEncoderForPreTraining,
+    FusionEncoderForPreTrainingOutput,
+    FusionEncoderForRetrieval,
+    FusionEncoderOutput,
+    FusionRetrievalEmbeddings,
+)
 from .presets import list_presets, preset_info
 from .processing_vlp import VLPProcessor
 
@@ -16,6 +24,12 @@ __all__ = [
     "DualEncoderConfig",
     "DualEncoderModel",
     "DualEncoderOutput",
+    "FusionEncoderConfig",
+    "FusionEncoderForPreTraining",
+    "FusionEncoderForPreTrainingOutput",
+    "FusionEncoderForRetrieval",
+    "FusionEncoderOutput",
+    "FusionRetrievalEmbeddings",
     "InvalidImageError",
     "RetrievalEmbeddings",
     "VLPImageProcessor",

@@ -100,6 +100,13 @@ def image_text_contrastive_loss(
     `all_image_ids` of the gathered pairs make pairs sharing an image positives of each other.
     """
     num_local, num_all = logits_per_image.shape
+    if image_ids is None or all_image_ids is None:
+        # One positive per query: class-index cross-entropy has the value and gradient of the soft form against
+        # one-hot targets without building the dense (local, all) target matrix and its products: two fewer
+        # batch x batch buffers at the loss's peak. Those buffers are what grows with the contrastive batch under
+        # gradient caching (benchmarks/bench_grad_cache.py).
+        labels = torch.arange(offset, offset + num_local, device=logits_per_image.device)
+        return (F.cross_entropy(logits_per_image, labels) + F.cross_entropy(logits_per_text, labels)) / 2
     targets = contrastive_targets(
         num_local, num_all, offset, image_ids, all_image_ids, device=logits_per_image.device
     ).to(logits_per_image.dtype)

@@ -17,6 +17,8 @@ __all__ = ["PRESETS", "TINY_VOCAB_SIZE", "list_presets", "preset_config_dict", "
 # Size of `hf_vlp.build_chinese_tokenizer()`'s vocabulary (GB2312 hanzi + ASCII + punctuation + specials);
 # a test keeps the two in step.
 TINY_VOCAB_SIZE = 7581
+# MLM token ids of that tokenizer ([PAD], [CLS], [SEP] never masked; [MASK]); a test keeps them in step too.
+_TINY_MLM_TOKENS = {"mask_token_id": 4, "special_token_ids": [0, 2, 3]}
 
 _BERT_BASE_CHINESE = {
     "model_type": "bert",
@@ -133,6 +135,85 @@ PRESETS: dict[str, dict[str, Any]] = {
         "processor": {"image_size": 64, "max_length": 32, "tokenizer": "builtin-chinese"},
     },
 }
+
+
+# Fusion encoders. The tiny ones share the tiny towers (so `from_dual_encoder` works on a "tiny" dual encoder);
+# the large ones use Chinese BERT vocabularies, whose MLM ids are FusionEncoderConfig's defaults.
+_TINY_FUSION = {
+    "text_config": _tiny_text(),
+    "vision_config": _tiny_vision(),
+    "embed_dim": 64,
+    "num_fusion_layers": 2,
+    "fusion_intermediate_size": 128,
+    "fusion_hidden_dropout_prob": 0.0,
+    "fusion_attention_dropout_prob": 0.0,
+    "queue_size": 256,
+    # BERT's init std 0.02 suits width 768 (~0.55 / sqrt(768)); at width 64 it is a sixth of the fan-in scale and
+    # the new cross-attention layers barely move ITM for hundreds of steps. 0.1 matches the CLIP tower's own scale.
+    "initializer_factor": 5.0,
+    **_TINY_MLM_TOKENS,
+}
+PRESETS.update(
+    {
+        "tiny-fusion": {
+            "family": "fusion_encoder",
+            "description": "A 2-layer, 64-wide ALBEF-style fusion encoder (2 fusion layers) for tests and the demo.",
+            "config": _TINY_FUSION,
+            "pretrained": {},
+            "processor": {"image_size": 64, "max_length": 32, "tokenizer": "builtin-chinese"},
+        },
+        "tiny-r2d2": {
+            "family": "fusion_encoder",
+            "description": "The tiny fusion encoder in R2D2's two-way mode with target- and feature-guided distillation.",
+            "config": {
+                **_TINY_FUSION,
+                "fusion_mode": "two_way",
+                "target_distill_weight": 1.0,
+                "feature_distill_weight": 1.0,
+            },
+            "pretrained": {},
+            "processor": {"image_size": 64, "max_length": 32, "tokenizer": "builtin-chinese"},
+        },
+        "albef-base-chinese": {
+            "family": "fusion_encoder",
+            "description": (
+                "ALBEF-base layout for Chinese: CLIP ViT-B/16, a 6-layer Chinese RoBERTa-wwm text tower and 6 fusion "
+                "layers (ALBEF splits one 12-layer BERT the same way), ITC with a 65,536 momentum queue, ITM, MLM."
+            ),
+            "config": {
+                "text_config": {**_BERT_BASE_CHINESE, "num_hidden_layers": 6},
+                "vision_config": _clip_vision(768, 12, 12, 16),
+                "embed_dim": 256,
+                "num_fusion_layers": 6,
+                "queue_size": 65536,
+                "momentum": 0.995,
+                "distill_alpha": 0.4,
+                "mlm_probability": 0.15,
+            },
+            "pretrained": {"vision": "openai/clip-vit-base-patch16", "text": "hfl/chinese-roberta-wwm-ext"},
+            "processor": {"image_size": 224, "max_length": 30, "tokenizer": "hfl/chinese-roberta-wwm-ext"},
+        },
+        "r2d2-vit-large": {
+            "family": "fusion_encoder",
+            "description": (
+                "R2D2 layout: CLIP ViT-L/14 and a 24-layer Chinese RoBERTa-wwm-large text tower, two 6-layer cross "
+                "encoders (text-image and image-text), target- and feature-guided distillation."
+            ),
+            "config": {
+                "text_config": _BERT_LARGE_CHINESE,
+                "vision_config": _clip_vision(1024, 24, 16, 14),
+                "embed_dim": 768,
+                "num_fusion_layers": 6,
+                "fusion_mode": "two_way",
+                "queue_size": 65536,
+                "target_distill_weight": 1.0,
+                "feature_distill_weight": 1.0,
+            },
+            "pretrained": {"vision": "openai/clip-vit-large-patch14", "text": "hfl/chinese-roberta-wwm-ext-large"},
+            "processor": {"image_size": 224, "max_length": 32, "tokenizer": "hfl/chinese-roberta-wwm-ext-large"},
+        },
+    }
+)
 
 
 def list_presets(family: str | None = None) -> list[str]:

@@ -1,0 +1,979 @@
+"""The hf-vlp fusion encoders: uni-modal towers aligned by ITC, fused by cross-attention for ITM and MLM.
+
+ALBEF (one cross encoder, text attends to image; momentum model, feature queue, momentum distillation),
+R2D2 (a second, image-to-text cross encoder; target- and feature-guided distillation), GRIT-VLP (hardest
+in-batch negatives, larger MLM ratio) and BridgeTower-style bridges, behind two classes:
+
+- [`FusionEncoderForRetrieval`]: inference. The dual encoder's retrieval API (`encode_text`, `encode_image`,
+  `similarity`, `get_*_features`, `logits_per_image`) for the contrastive first stage, plus cross-encoder
+  scoring (`itm_score`, `rerank_scores`) and two-stage ranking (`rank`). Registered for `AutoModel`.
+- [`FusionEncoderForPreTraining`]: the same model plus the MLM head, the momentum (EMA) copy and the queue;
+  `forward` returns every loss term and their weighted sum. Registered for `AutoModelForPreTraining`.
+
+Both share parameter names, so either loads the other's checkpoint. Shipped with saved models (Hub custom
+code): imports torch, transformers and sibling files only.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoConfig
+from transformers import initialization as init
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.utils import ModelOutput, logging
+
+from .configuration_fusion_encoder import FusionEncoderConfig
+from .contrastive import (
+    contrastive_targets,
+    distributed_rank_and_world,
+    gather_with_grad,
+    image_text_contrastive_loss,
+    soft_cross_entropy,
+)
+from .fusion_layers import CrossEncoderOutput, CrossModalEncoder, MaskedLMHead
+from .fusion_objectives import (
+    IGNORE_INDEX,
+    distillation_targets,
+    ema_update_,
+    feature_distillation_loss,
+    hard_negative_weights,
+    mask_tokens,
+    masked_lm_loss,
+    negative_exclusion_mask,
+    ring_buffer_enqueue_,
+    sample_hard_negatives,
+    soft_target_loss,
+)
+from .modeling_dual_encoder import (
+    ZERO_SHOT_AUTO_CLASS,
+    DualEncoderModel,
+    DualEncoderOutput,
+    RetrievalEmbeddings,
+    VLPPreTrainedModel,
+    _present,
+    _rank_offset,
+    _vision_width,
+)
+from .towers import build_tower, load_tower, pool_text, pool_vision, vision_tokens
+
+
+__all__ = [
+    "FusionEncoderForPreTraining",
+    "FusionEncoderForPreTrainingOutput",
+    "FusionEncoderForRetrieval",
+    "FusionEncoderOutput",
+    "FusionRetrievalEmbeddings",
+]
+
+logger = logging.get_logger(__name__)
+
+MOMENTUM_SUFFIX = "_m"
+# Token-indexed fields of retrieval embeddings and the dimension that indexes their tokens.
+_TOKEN_DIMS = {"token_embeds": 1, "token_mask": 1, "fusion_states": 1, "fusion_mask": 1, "bridge_states": 2}
+
+
+@dataclass
+class FusionRetrievalEmbeddings(RetrievalEmbeddings):
+    """A gallery item of a fusion model: the contrastive embedding plus what the cross encoders read.
+
+    Args:
+        embeds (`torch.FloatTensor` of shape `(batch, embed_dim)`): L2-normalised contrastive embedding.
+        fusion_states (`torch.FloatTensor` of shape `(batch, tokens, tower_hidden_size)`): the tower's token states.
+        fusion_mask (`torch.LongTensor` of shape `(batch, tokens)`): 1 for real tokens.
+        bridge_states (`torch.FloatTensor` of shape `(batch, num_fusion_layers, tokens, tower_hidden_size)`,
+            *optional*): the tower's top layer outputs, only with `use_bridges`.
+    """
+
+    fusion_states: torch.FloatTensor | None = None
+    fusion_mask: torch.LongTensor | None = None
+    bridge_states: torch.FloatTensor | None = None
+
+    def select(self, index: torch.Tensor | slice | Sequence[int]) -> FusionRetrievalEmbeddings:
+        """The items at `index` (any index valid on dim 0), e.g. the top-k candidates of a query."""
+        return type(self)(**{name: value[index] for name, value in self.items()})
+
+    @classmethod
+    def cat(cls, items: Sequence[FusionRetrievalEmbeddings]) -> FusionRetrievalEmbeddings:
+        """Concatenate batches into one gallery; token dims are zero-padded to the longest (mask 0 there),
+        because texts are padded per batch."""
+        fields = {}
+        for name in items[0]:
+            tensors = [getattr(item, name) for item in items]
+            dim = _TOKEN_DIMS.get(name)
+            if dim is not None:
+                longest = max(t.shape[dim] for t in tensors)
+                tensors = [_pad_dim(t, dim, longest) for t in tensors]
+            fields[name] = torch.cat(tensors, dim=0)
+        return cls(**fields)
+
+
+def _pad_dim(tensor: torch.Tensor, dim: int, length: int) -> torch.Tensor:
+    padding = [0, 0] * (tensor.dim() - dim - 1) + [0, length - tensor.shape[dim]]
+    return F.pad(tensor, padding)
+
+
+@dataclass
+class FusionEncoderOutput(DualEncoderOutput):
+    """Contrastive (pre-fusion) output of [`FusionEncoderForRetrieval`]: the dual encoder's fields and meaning,
+    so evaluation code, pipelines and the Space treat both families alike."""
+
+
+@dataclass
+class FusionEncoderForPreTrainingOutput(ModelOutput):
+    """Output of [`FusionEncoderForPreTraining`]: each objective separately and their weighted sum.
+
+    Args:
+        loss (`torch.FloatTensor`): `sum(config.<term>_weight * <term>_loss)` over the computed terms.
+        itc_loss (`torch.FloatTensor`, *optional*): image-text contrastive loss before fusion (momentum keys,
+            queue and momentum distillation when enabled).
+        itm_loss (`torch.FloatTensor`, *optional*): image-text matching cross-entropy, averaged over the cross
+            encoders, on B positives and up to 2B in-batch hard negatives.
+        mlm_loss (`torch.FloatTensor`, *optional*): masked language modelling conditioned on the image.
+        target_distill_loss (`torch.FloatTensor`, *optional*): ITM soft cross-entropy against the momentum model.
+        feature_distill_loss (`torch.FloatTensor`, *optional*): 1 - cosine of fused features to the momentum model's.
+        logits_per_image (`torch.FloatTensor` of shape `(batch, batch)`): scaled in-batch contrastive similarity.
+        logits_per_text (`torch.FloatTensor` of shape `(batch, batch)`): its transpose.
+        text_embeds, image_embeds (`torch.FloatTensor` of shape `(batch, embed_dim)`): normalised embeddings.
+        itm_logits (`torch.FloatTensor` of shape `(3 * batch, 2)`): ITM logits of positives, then (text, negative
+            image) pairs, then (negative text, image) pairs.
+        itm_labels (`torch.LongTensor` of shape `(3 * batch,)`): 1, 0, or -100 for a row without a valid negative.
+    """
+
+    loss: torch.FloatTensor | None = None
+    itc_loss: torch.FloatTensor | None = None
+    itm_loss: torch.FloatTensor | None = None
+    mlm_loss: torch.FloatTensor | None = None
+    target_distill_loss: torch.FloatTensor | None = None
+    feature_distill_loss: torch.FloatTensor | None = None
+    logits_per_image: torch.FloatTensor | None = None
+    logits_per_text: torch.FloatTensor | None = None
+    text_embeds: torch.FloatTensor | None = None
+    image_embeds: torch.FloatTensor | None = None
+    itm_logits: torch.FloatTensor | None = None
+    itm_labels: torch.LongTensor | None = None
+
+
+class FusionEncoderForRetrieval(VLPPreTrainedModel):
+    """Fusion encoder for two-stage image-text retrieval: contrastive top-k, then cross-encoder re-ranking.
+
+    The contrastive half has the dual encoder's API (a [`DualEncoderModel`] and this class are interchangeable
+    for first-stage retrieval and zero-shot classification); `rerank_scores` / `itm_score` score pairs with the
+    cross encoder(s) and `rank` runs both stages for a batch of queries against a precomputed gallery.
+
+    Example:
+
+    ```python
+    >>> import torch
+    >>> from hf_vlp import FusionEncoderConfig, FusionEncoderForRetrieval
+    >>> model = FusionEncoderForRetrieval(FusionEncoderConfig.from_preset("tiny-fusion")).eval()
+    >>> images = model.encode_image(torch.randn(4, 3, 64, 64))
+    >>> texts = model.encode_text(torch.tensor([[2, 900, 901, 3]] * 6))
+    >>> scores, indices = model.rank(texts, images, query_modality="text", k=3)
+    >>> indices.shape
+    torch.Size([6, 3])
+    ```
+    """
+
+    config_class = FusionEncoderConfig
+    base_model_prefix = "fusion_encoder"
+    supports_zero_shot_pipeline = True
+    _no_split_modules = ["FusionLayer"]
+    # Fusion masks are additive (B, 1, 1, L) tensors with queries and keys of different lengths; flash kernels
+    # want unpadded sequences of one length, so flash attention is refused instead of silently mis-masked.
+    _supports_flash_attn = False
+    # A pre-training checkpoint also holds the momentum model, the queue and the MLM head: not needed here.
+    _keys_to_ignore_on_load_unexpected = [r"^[a-z_]+_m\.", r"^mlm_head\.", r"^(image|text|id)_queue$", r"^queue_ptr$"]
+
+    def __init__(self, config: FusionEncoderConfig):
+        super().__init__(config)
+        self._build_modules()
+        self.post_init()
+
+    def _build_modules(self) -> None:
+        """Create the sub-modules (before `post_init`); subclasses add theirs after calling this."""
+        self._build_encoders(suffix="")
+        self.logit_scale = nn.Parameter(torch.tensor(self.config.logit_scale_init_value))
+
+    def _build_encoders(self, suffix: str) -> None:
+        """Towers, contrastive projections and cross encoder(s), named `<name><suffix>` (the momentum copy
+        is the same set with suffix `_m`)."""
+        config = self.config
+        text_size = config.text_config.hidden_size
+        vision_size = _vision_width(config.vision_config)
+        setattr(self, "text_model" + suffix, build_tower(config.text_config, drop_pooler=True))
+        vision_model = build_tower(config.vision_config, drop_pooler=config.vision_pooling != "pooler")
+        setattr(self, "vision_model" + suffix, vision_model)
+        setattr(self, "text_projection" + suffix, nn.Linear(text_size, config.embed_dim, bias=False))
+        setattr(self, "visual_projection" + suffix, nn.Linear(vision_size, config.embed_dim, bias=False))
+        # R2D2's text-image cross encoder (ALBEF's only one): text tokens query the image tokens.
+        setattr(self, "text_fusion" + suffix, CrossModalEncoder(config, text_size, vision_size))
+        if config.fusion_mode == "two_way":
+            # R2D2's image-text cross encoder: image tokens query the text tokens.
+            setattr(self, "image_fusion" + suffix, CrossModalEncoder(config, vision_size, text_size))
+
+    def _part(self, name: str, momentum: bool = False) -> nn.Module:
+        return getattr(self, name + MOMENTUM_SUFFIX if momentum else name)
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.text_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.text_model.set_input_embeddings(value)
+
+    def get_logit_scale(self) -> torch.Tensor:
+        """exp(logit_scale) clamped to `config.logit_scale_max` (ALBEF clamps its temperature likewise)."""
+        return self.logit_scale.clamp(max=math.log(self.config.logit_scale_max)).exp()
+
+    # ---------------------------------------------------------------- uni-modal features
+    def _text_features(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        momentum: bool = False,
+        **kwargs,
+    ) -> BaseModelOutputWithPooling:
+        if self.config.use_bridges:
+            kwargs["output_hidden_states"] = True
+        outputs = self._part("text_model", momentum)(
+            **_present(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                token_type_ids=token_type_ids,
+                position_ids=position_ids,
+            ),
+            return_dict=True,
+            **kwargs,
+        )
+        pooled = pool_text(outputs.last_hidden_state, attention_mask, self.config.text_pooling)
+        return BaseModelOutputWithPooling(
+            last_hidden_state=outputs.last_hidden_state,
+            pooler_output=self._part("text_projection", momentum)(pooled),
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+
+    def _image_features(self, pixel_values: torch.Tensor, momentum: bool = False, **kwargs):
+        if self.config.use_bridges:
+            kwargs["output_hidden_states"] = True
+        outputs = self._part("vision_model", momentum)(pixel_values=pixel_values, return_dict=True, **kwargs)
+        pooled = pool_vision(outputs, self.config.vision_pooling)
+        return BaseModelOutputWithPooling(
+            last_hidden_state=vision_tokens(outputs),
+            pooler_output=self._part("visual_projection", momentum)(pooled),
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+
+    def get_text_features(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPooling:
+        """Text tower output whose `pooler_output` is the projected (unnormalised) contrastive embedding."""
+        return self._text_features(input_ids, attention_mask, token_type_ids, position_ids, **kwargs)
+
+    def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling:
+        """Vision tower output whose `pooler_output` is the projected (unnormalised) contrastive embedding."""
+        return self._image_features(pixel_values, **kwargs)
+
+    def _embeddings(
+        self, features: BaseModelOutputWithPooling, mask: torch.Tensor | None
+    ) -> FusionRetrievalEmbeddings:
+        states = features.last_hidden_state
+        if mask is None:
+            mask = torch.ones(states.shape[:2], dtype=torch.long, device=states.device)
+        bridges = None
+        if self.config.use_bridges:
+            layers = self.config.num_fusion_layers
+            hidden = features.hidden_states
+            if hidden is None or len(hidden) < layers + 1 or any(h.shape != states.shape for h in hidden[-layers:]):
+                raise ValueError(
+                    f"bridges need a tower with at least num_fusion_layers={layers} layers whose outputs all have "
+                    f"the shape of its last hidden state {tuple(states.shape)}"
+                )
+            bridges = torch.stack(hidden[-layers:], dim=1)
+        return FusionRetrievalEmbeddings(
+            embeds=F.normalize(features.pooler_output, dim=-1),
+            fusion_states=states,
+            fusion_mask=mask,
+            bridge_states=bridges,
+        )
+
+    def encode_text(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        **kwargs,
+    ) -> FusionRetrievalEmbeddings:
+        """What a gallery keeps per text: the normalised embedding and the token states for the cross encoder."""
+        return self._embeddings(
+            self._text_features(input_ids, attention_mask, token_type_ids, **kwargs), attention_mask
+        )
+
+    def encode_image(self, pixel_values: torch.Tensor, **kwargs) -> FusionRetrievalEmbeddings:
+        """What a gallery keeps per image: the normalised embedding and the token states for the cross encoder."""
+        return self._embeddings(self._image_features(pixel_values, **kwargs), None)
+
+    def similarity(self, image: RetrievalEmbeddings, text: RetrievalEmbeddings) -> tuple[torch.Tensor, torch.Tensor]:
+        """Unscaled contrastive (cosine) similarity `(sim_i2t, sim_t2i)`, both (images, texts), as the dual's."""
+        sim = image.embeds @ text.embeds.t()
+        return sim, sim
+
+    # ---------------------------------------------------------------- cross encoders
+    def cross_encode(
+        self,
+        image: FusionRetrievalEmbeddings,
+        text: FusionRetrievalEmbeddings,
+        output_attentions: bool = False,
+        momentum: bool = False,
+        image_stream: bool = True,
+    ) -> CrossEncoderOutput:
+        """Run the cross encoder(s) on aligned (image[i], text[i]) pairs.
+
+        Args:
+            output_attentions: also return the cross-attention maps (computed eagerly).
+            momentum: use the momentum copy (pre-training model only).
+            image_stream: in two-way mode, also run the image-query cross encoder (MLM alone does not need it).
+        """
+        text_out = self._part("text_fusion", momentum)(
+            text.fusion_states,
+            text.fusion_mask,
+            image.fusion_states,
+            image.fusion_mask,
+            text.bridge_states,
+            output_attentions,
+        )
+        image_out = None
+        if self.config.fusion_mode == "two_way" and image_stream:
+            image_out = self._part("image_fusion", momentum)(
+                image.fusion_states,
+                image.fusion_mask,
+                text.fusion_states,
+                text.fusion_mask,
+                image.bridge_states,
+                output_attentions,
+            )
+        itm_logits = text_out.itm_logits if image_out is None else (text_out.itm_logits + image_out.itm_logits) / 2
+        return CrossEncoderOutput(
+            itm_logits=itm_logits,
+            text_itm_logits=text_out.itm_logits,
+            image_itm_logits=None if image_out is None else image_out.itm_logits,
+            text_hidden_state=text_out.last_hidden_state,
+            image_hidden_state=None if image_out is None else image_out.last_hidden_state,
+            text_cross_attentions=text_out.cross_attentions,
+            image_cross_attentions=None if image_out is None else image_out.cross_attentions,
+        )
+
+    def rerank_scores(self, image: FusionRetrievalEmbeddings, text: FusionRetrievalEmbeddings) -> torch.Tensor:
+        """Cross-encoder score of each aligned pair (image[i], text[i]): the ITM match log-odds
+        `logit[match] - logit[no match]` (averaged over both cross encoders in two-way mode).
+
+        Log-odds rather than a probability, because probabilities saturate at 1 and would tie the best
+        candidates. A side with a single item is broadcast against the other (one query, k candidates). This is
+        the hook a two-stage evaluation calls on its top-k pairs, e.g. as `hf_vlp.retrieval.rerank_topk`'s
+        `pair_scorer`: `lambda i, t: model.rerank_scores(images.select(i), texts.select(t))`.
+        """
+        image, text = _broadcast_pairs(image, text)
+        logits = self.cross_encode(image, text).itm_logits
+        return logits[:, 1] - logits[:, 0]
+
+    def itm_score(
+        self,
+        input_ids: torch.Tensor,
+        pixel_values: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """ITM match log-odds of each given (image, text) pair, from raw inputs (see `rerank_scores`)."""
+        return self.rerank_scores(
+            self.encode_image(pixel_values), self.encode_text(input_ids, attention_mask, token_type_ids)
+        )
+
+    @torch.no_grad()
+    def rank(
+        self,
+        query: FusionRetrievalEmbeddings,
+        gallery: FusionRetrievalEmbeddings,
+        query_modality: str = "text",
+        k: int = 16,
+        combine: str | float = "sum",
+        batch_size: int = 64,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Two-stage retrieval: the contrastive top-`k` of the gallery for each query, re-ranked by the cross encoder.
+
+        Args:
+            query: encoded queries (`encode_text` for text-to-image search, `encode_image` for image-to-text).
+            gallery: encoded gallery of the other modality (e.g. `FusionRetrievalEmbeddings.cat` of batches).
+            query_modality: `"text"` or `"image"`: the modality of `query`.
+            k: candidates kept from the first stage (clipped to the gallery size).
+            combine: final score from the cross score `c` and contrastive cosine `s`: `"cross"` -> `c` (ALBEF),
+                `"sum"` -> `c + s` (LAVIS), a float `w` -> `w * c + (1 - w) * s` (as `hf_vlp.retrieval.rerank_topk`).
+            batch_size: pairs per cross-encoder call.
+
+        Returns:
+            `(scores, indices)`, both (num_queries, k): combined scores, descending, and gallery indices.
+            First-stage ties keep the lower gallery index (a stable sort, as `hf_vlp.retrieval.chunked_topk`),
+            equal combined scores keep the first-stage order. For galleries too large for one similarity matrix,
+            use `hf_vlp.retrieval.chunked_topk` + `rerank_topk` with `rerank_scores` as the pair scorer.
+        """
+        if query_modality not in ("text", "image"):
+            raise ValueError(f"query_modality must be 'text' or 'image', got {query_modality!r}")
+        if isinstance(combine, str) and combine not in ("cross", "sum"):
+            raise ValueError(f"combine must be 'cross', 'sum' or a float weight, got {combine!r}")
+        if query_modality == "image":
+            first_stage = self.similarity(query, gallery)[0]
+        else:
+            first_stage = self.similarity(gallery, query)[1].t()
+        k = min(k, first_stage.shape[1])
+        first_scores, order = first_stage.float().sort(dim=1, descending=True, stable=True)
+        first_scores, candidates = first_scores[:, :k], order[:, :k]
+        flat_query = torch.arange(first_stage.shape[0], device=candidates.device).repeat_interleave(k)
+        flat_candidate = candidates.reshape(-1)
+        cross = []
+        for start in range(0, flat_candidate.shape[0], batch_size):
+            queries = query.select(flat_query[start : start + batch_size])
+            items = gallery.select(flat_candidate[start : start + batch_size])
+            pair = (queries, items) if query_modality == "image" else (items, queries)
+            cross.append(self.rerank_scores(*pair).float())
+        cross_scores = torch.cat(cross).view_as(first_scores)
+        if combine == "cross":
+            combined = cross_scores
+        elif combine == "sum":
+            combined = cross_scores + first_scores
+        else:
+            combined = float(combine) * cross_scores + (1.0 - float(combine)) * first_scores
+        scores, permutation = combined.sort(dim=1, descending=True, stable=True)
+        return scores, candidates.gather(1, permutation)
+
+    # ---------------------------------------------------------------- forward
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        return_loss: bool | None = None,
+        image_ids: torch.LongTensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> FusionEncoderOutput | tuple:
+        r"""Contrastive scores of every image against every text (the first stage), as the dual encoder.
+
+        Args:
+            return_loss (`bool`, *optional*): also return the in-batch contrastive loss (gathered across ranks).
+            image_ids (`torch.LongTensor` of shape `(batch,)`, *optional*): pairs sharing an image id are
+                positives of each other in the loss.
+        """
+        tower_kwargs = _present(output_attentions=output_attentions, output_hidden_states=output_hidden_states)
+        # Image tower first, as the dual encoder: backward then frees the vision activations last (lower peak memory).
+        image_features = self._image_features(pixel_values, **tower_kwargs)
+        text_features = self._text_features(input_ids, attention_mask, token_type_ids, position_ids, **tower_kwargs)
+        text_embeds = F.normalize(text_features.pooler_output, dim=-1)
+        image_embeds = F.normalize(image_features.pooler_output, dim=-1)
+        logit_scale = self.get_logit_scale()
+        logits_per_image = logit_scale * image_embeds @ text_embeds.t()
+        loss = self._in_batch_itc(image_embeds, text_embeds, logit_scale, image_ids) if return_loss else None
+        output = FusionEncoderOutput(
+            loss=loss,
+            itc_loss=loss,
+            logits_per_image=logits_per_image,
+            logits_per_text=logits_per_image.t(),
+            text_embeds=text_embeds,
+            image_embeds=image_embeds,
+            text_model_output=text_features,
+            vision_model_output=image_features,
+        )
+        use_return_dict = return_dict if return_dict is not None else self.config.return_dict
+        return output if use_return_dict else output.to_tuple()
+
+    def _in_batch_itc(
+        self,
+        image_embeds: torch.Tensor,
+        text_embeds: torch.Tensor,
+        logit_scale: torch.Tensor,
+        image_ids: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Symmetric InfoNCE of the local batch against every rank's embeddings (gathered with gradient)."""
+        _, world = distributed_rank_and_world()
+        if world == 1 or not self.config.gather_distributed:
+            all_images, all_texts, offset, all_ids = image_embeds, text_embeds, 0, image_ids
+        else:
+            all_images, all_texts = gather_with_grad(image_embeds), gather_with_grad(text_embeds)
+            offset = _rank_offset(image_embeds.shape[0], image_embeds.device)
+            all_ids = gather_with_grad(image_ids) if image_ids is not None else None
+        return image_text_contrastive_loss(
+            logit_scale * image_embeds @ all_texts.t(),
+            logit_scale * text_embeds @ all_images.t(),
+            offset,
+            image_ids,
+            all_ids,
+        )
+
+    # ---------------------------------------------------------------- construction from other checkpoints
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        # Whichever class saves, the folder must load as either: write both model classes into auto_map.
+        if getattr(self, "_auto_class", None) is not None:
+            module = type(self).__module__.split(".")[-1]
+            auto_map = dict(getattr(self.config, "auto_map", None) or {})
+            auto_map["AutoModel"] = f"{module}.FusionEncoderForRetrieval"
+            auto_map["AutoModelForPreTraining"] = f"{module}.FusionEncoderForPreTraining"
+            auto_map[ZERO_SHOT_AUTO_CLASS] = f"{module}.FusionEncoderForRetrieval"
+            self.config.auto_map = auto_map
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
+    def _momentum_keys(self) -> list[str]:
+        """State-dict keys of the momentum model (none here; see the pre-training subclass)."""
+        return [key for key in self.state_dict() if key.split(".", 1)[0].endswith(MOMENTUM_SUFFIX)]
+
+    @classmethod
+    def from_dual_encoder(
+        cls,
+        dual_model_or_path: DualEncoderModel | str | os.PathLike,
+        hub_kwargs: dict | None = None,
+        **fusion_config_kwargs,
+    ) -> FusionEncoderForRetrieval:
+        """Start a fusion model from a trained dual encoder (a model, a folder or a Hub id).
+
+        Towers, contrastive projections and the temperature are copied; the cross encoders (and the MLM head) are
+        new; in the pre-training model the momentum model is a copy of the result. The contrastive head keeps the
+        dual encoder's width (`embed_dim = projection_dim`) and pooling; other keyword arguments (e.g.
+        `num_fusion_layers`, `fusion_mode`, `queue_size`) go to [`FusionEncoderConfig`]. `hub_kwargs` (e.g.
+        `revision`, `token`) go to `from_pretrained` when a path or id is given.
+        """
+        if isinstance(dual_model_or_path, DualEncoderModel):
+            dual = dual_model_or_path
+        else:
+            dual = DualEncoderModel.from_pretrained(dual_model_or_path, **(hub_kwargs or {}))
+        source = dual.config
+        if source.similarity != "global":
+            logger.warning(
+                "The dual encoder was trained with %s similarity; the fusion model's contrastive stage uses the global "
+                "(pooled) embeddings of the same projections.",
+                source.similarity,
+            )
+        inherited = {
+            "text_config": source.text_config.to_dict(),
+            "vision_config": source.vision_config.to_dict(),
+            "embed_dim": source.projection_dim,
+            "logit_scale_max": source.logit_scale_max,
+            "text_pooling": source.text_pooling,
+            "vision_pooling": source.vision_pooling,
+        }
+        clashes = sorted(set(inherited) & set(fusion_config_kwargs))
+        if clashes:
+            raise ValueError(f"{clashes} are fixed by the dual encoder's weights and cannot be overridden")
+        model = cls(cls.config_class(**inherited, **fusion_config_kwargs))
+        for name in ("text_model", "vision_model", "text_projection", "visual_projection"):
+            getattr(model, name).load_state_dict(getattr(dual, name).state_dict())
+        with torch.no_grad():
+            model.logit_scale.copy_(dual.logit_scale)
+        model._after_load(model._momentum_keys())
+        return model
+
+    @classmethod
+    def from_vision_text_pretrained(
+        cls,
+        vision_model_name_or_path: str,
+        text_model_name_or_path: str,
+        hub_kwargs: dict | None = None,
+        **config_kwargs,
+    ) -> FusionEncoderForRetrieval:
+        """Build a fusion model on real pretrained towers (Hub ids or folders); everything else is new.
+
+        A vision checkpoint of a composite model such as CLIP contributes its vision tower. Keyword arguments go to
+        [`FusionEncoderConfig`]: pass the tokenizer's `mask_token_id` / `special_token_ids` when its vocabulary
+        is not a Chinese BERT's. `hub_kwargs` (e.g. `revision`, `token`, `cache_dir`) go to every download.
+        """
+        hub_kwargs = hub_kwargs or {}
+        vision_config = AutoConfig.from_pretrained(vision_model_name_or_path, **hub_kwargs)
+        vision_config = getattr(vision_config, "vision_config", vision_config)
+        text_config = AutoConfig.from_pretrained(text_model_name_or_path, **hub_kwargs)
+        config = cls.config_class(text_config=text_config, vision_config=vision_config, **config_kwargs)
+        model = cls(config)
+        # Weights are copied into the existing towers (not the modules replaced) so weight tying survives.
+        text_tower = load_tower(text_model_name_or_path, config.text_config, drop_pooler=True, **hub_kwargs)
+        model.text_model.load_state_dict(text_tower.state_dict())
+        vision_tower = load_tower(
+            vision_model_name_or_path,
+            config.vision_config,
+            drop_pooler=config.vision_pooling != "pooler",
+            **hub_kwargs,
+        )
+        model.vision_model.load_state_dict(vision_tower.state_dict())
+        model._after_load(model._momentum_keys())
+        return model
+
+
+class FusionEncoderForPreTraining(FusionEncoderForRetrieval):
+    """Fusion encoder pre-training: ITC (+ momentum queue and distillation), ITM with hard negatives, MLM and
+    R2D2's target- and feature-guided distillation, each returned separately and summed with config weights.
+
+    The momentum (EMA) model is every sub-module again with the suffix `_m`, frozen (`requires_grad=False`, so
+    an optimizer built from trainable parameters never holds it) and always in eval mode (deterministic
+    targets). It changes only through `momentum_update()`, which the trainer calls once per optimizer step,
+    so gradient accumulation does not compound the momentum (ALBEF updates once per forward). The queue of
+    momentum features is filled by every training forward.
+
+    Example:
+
+    ```python
+    >>> import torch
+    >>> from hf_vlp import FusionEncoderConfig, FusionEncoderForPreTraining
+    >>> model = FusionEncoderForPreTraining(FusionEncoderConfig.from_preset("tiny-fusion"))
+    >>> out = model(input_ids=torch.tensor([[2, 900, 901, 3], [2, 902, 903, 3]]), pixel_values=torch.randn(2, 3, 64, 64))
+    >>> out.loss.backward()
+    >>> model.momentum_update()
+    ```
+    """
+
+    supports_zero_shot_pipeline = False  # zero-shot classification goes to FusionEncoderForRetrieval
+    _keys_to_ignore_on_load_unexpected = None  # everything of a pre-training checkpoint is used here
+
+    def __init__(self, config: FusionEncoderConfig):
+        super().__init__(config)
+        self.copy_params()  # a no-op under meta-device loading, where `_after_load` does it instead
+
+    def _build_modules(self) -> None:
+        super()._build_modules()
+        config = self.config
+        embeddings = self.text_model.get_input_embeddings()
+        embedding_name = next(name for name, p in self.text_model.named_parameters() if p is embeddings.weight)
+        head_args = (config, config.fusion_hidden_size, embeddings.embedding_dim, embeddings.num_embeddings)
+        self.mlm_head = MaskedLMHead(*head_args)
+        tied = {"mlm_head.decoder.weight": f"text_model.{embedding_name}"}
+        if config.use_momentum_encoder:
+            self._build_encoders(suffix=MOMENTUM_SUFFIX)
+            self.mlm_head_m = MaskedLMHead(*head_args)
+            tied["mlm_head_m.decoder.weight"] = f"text_model_m.{embedding_name}"
+            if config.queue_size > 0:
+                self.register_buffer("image_queue", torch.zeros(config.queue_size, config.embed_dim))
+                self.register_buffer("text_queue", torch.zeros(config.queue_size, config.embed_dim))
+                # Image id of each queued pair (-1: unknown), so captions of a batch's images are not negatives.
+                self.register_buffer("id_queue", torch.full((config.queue_size,), -1, dtype=torch.long))
+                self.register_buffer("queue_ptr", torch.zeros(1, dtype=torch.long))
+        # Resolved per instance: the word-embedding parameter's name depends on the text tower's architecture.
+        self._tied_weights_keys = tied
+
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if isinstance(module, FusionEncoderForPreTraining) and getattr(module, "image_queue", None) is not None:
+            # ALBEF: random unit vectors, i.e. random negatives until real momentum features replace them.
+            init.copy_(module.image_queue, F.normalize(torch.randn_like(module.image_queue), dim=1))
+            init.copy_(module.text_queue, F.normalize(torch.randn_like(module.text_queue), dim=1))
+            init.constant_(module.id_queue, -1)
+            init.zeros_(module.queue_ptr)
+
+    # ---------------------------------------------------------------- momentum model
+    def _momentum_triples(self) -> list[tuple[str, nn.Parameter, nn.Parameter]]:
+        """(momentum module name, online parameter, momentum parameter) for every momentum parameter.
+
+        Built from `named_parameters()`, which lists a shared tensor once: the tied MLM decoder / word embedding
+        of the momentum model is updated once per step, not twice.
+        """
+        triples = []
+        for name, param in self.named_parameters():
+            head, _, rest = name.partition(".")
+            if head.endswith(MOMENTUM_SUFFIX):
+                triples.append((head, self.get_parameter(f"{head[: -len(MOMENTUM_SUFFIX)]}.{rest}"), param))
+        return triples
+
+    def momentum_parameters(self) -> list[nn.Parameter]:
+        """The momentum model's parameters (frozen; never give them to an optimizer)."""
+        return [momentum for _, _, momentum in self._momentum_triples()]
+
+    @torch.no_grad()
+    def copy_params(self, modules: Collection[str] | None = None) -> None:
+        """Make the momentum model (or only its `modules`, e.g. `{"text_model_m"}`) a copy of the online one."""
+        for head, online, momentum in self._momentum_triples():
+            if modules is None or head in modules:
+                momentum.copy_(online)
+        self.freeze_momentum()
+
+    def freeze_momentum(self) -> None:
+        """`requires_grad=False` on the momentum model (again after loading: transformers 5 resets it)."""
+        for momentum in self.momentum_parameters():
+            momentum.requires_grad_(False)
+
+    @torch.no_grad()
+    def momentum_update(self) -> None:
+        """One EMA step of the momentum model: `p_m = m * p_m + (1 - m) * p`. Call once per optimizer step."""
+        triples = self._momentum_triples()
+        if triples:
+            ema_update_([m for _, _, m in triples], [p for _, p, _ in triples], self.config.momentum)
+
+    def _after_load(self, missing_keys: list[str]) -> None:
+        # A checkpoint without (part of) the momentum model, e.g. a retrieval or dual-encoder checkpoint: the missing
+        # momentum modules start as copies of the loaded online ones. transformers 5 re-creates loaded parameters
+        # with requires_grad=True, so the momentum model is frozen again in any case.
+        stale = {key.split(".", 1)[0] for key in missing_keys}
+        self.copy_params({head for head in stale if head.endswith(MOMENTUM_SUFFIX)})
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for name, module in self.named_children():
+            if name.endswith(MOMENTUM_SUFFIX):
+                module.eval()
+        return self
+
+    @torch.no_grad()
+    def _enqueue(self, image_keys: torch.Tensor, text_keys: torch.Tensor, key_ids: torch.Tensor | None) -> None:
+        if key_ids is None:
+            key_ids = torch.full((image_keys.shape[0],), -1, dtype=torch.long, device=image_keys.device)
+        ring_buffer_enqueue_(
+            [self.image_queue, self.text_queue, self.id_queue], [image_keys, text_keys, key_ids], self.queue_ptr
+        )
+
+    # ---------------------------------------------------------------- objectives
+    def _momentum_itc(
+        self,
+        image: FusionRetrievalEmbeddings,
+        text: FusionRetrievalEmbeddings,
+        image_m: FusionRetrievalEmbeddings,
+        text_m: FusionRetrievalEmbeddings,
+        image_ids: torch.Tensor | None,
+        alpha: float,
+        logit_scale: torch.Tensor,
+    ) -> torch.Tensor:
+        """ALBEF ITC: online queries against momentum keys (every rank's, then the queue), with momentum
+        distillation targets; enqueues the keys in training."""
+        _, world = distributed_rank_and_world()
+        gather = world > 1 and self.config.gather_distributed
+        with torch.no_grad():
+            image_keys = gather_with_grad(image_m.embeds) if gather else image_m.embeds
+            text_keys = gather_with_grad(text_m.embeds) if gather else text_m.embeds
+            key_ids = gather_with_grad(image_ids) if gather and image_ids is not None else image_ids
+            offset = _rank_offset(image.embeds.shape[0], image.embeds.device) if gather else 0
+            all_image_keys, all_text_keys, all_ids = image_keys, text_keys, key_ids
+            use_queue = getattr(self, "image_queue", None) is not None
+            if use_queue:
+                all_image_keys = torch.cat([image_keys, self.image_queue.clone()])
+                all_text_keys = torch.cat([text_keys, self.text_queue.clone()])
+                if key_ids is not None:
+                    all_ids = torch.cat([key_ids, self.id_queue.clone()])
+            targets = contrastive_targets(
+                image.embeds.shape[0], all_text_keys.shape[0], offset, image_ids, all_ids, device=image.embeds.device
+            )
+            targets_i2t = targets_t2i = targets
+            if alpha > 0:
+                scale = logit_scale.detach()
+                targets_i2t = distillation_targets(
+                    (scale * image_m.embeds @ all_text_keys.t()).softmax(1), targets, alpha
+                )
+                targets_t2i = distillation_targets(
+                    (scale * text_m.embeds @ all_image_keys.t()).softmax(1), targets, alpha
+                )
+        loss_i2t = soft_cross_entropy(logit_scale * image.embeds @ all_text_keys.t(), targets_i2t)
+        loss_t2i = soft_cross_entropy(logit_scale * text.embeds @ all_image_keys.t(), targets_t2i)
+        if use_queue and self.training:
+            self._enqueue(image_keys, text_keys, key_ids)
+        return (loss_i2t + loss_t2i) / 2
+
+    def _itm_pairs(
+        self, similarity: torch.Tensor, image_ids: torch.Tensor | None, input_ids: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """In-batch hard negatives from the (images, texts) `similarity` logits:
+        `(negative_image_per_text, negative_text_per_image, itm_labels)`."""
+        batch = similarity.shape[0]
+        with torch.no_grad():
+            exclude = negative_exclusion_mask(batch, image_ids, input_ids, device=similarity.device)
+            hardest = self.config.itm_negatives == "hardest"
+            negative_text, valid_text = sample_hard_negatives(hard_negative_weights(similarity, exclude), hardest)
+            negative_image, valid_image = sample_hard_negatives(
+                hard_negative_weights(similarity.t(), exclude), hardest
+            )
+            ignore = torch.full_like(negative_text, IGNORE_INDEX)
+            labels = torch.cat(
+                [
+                    torch.ones_like(negative_text),
+                    torch.where(valid_image, torch.zeros_like(ignore), ignore),
+                    torch.where(valid_text, torch.zeros_like(ignore), ignore),
+                ]
+            )
+        return negative_image, negative_text, labels
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        return_loss: bool = True,
+        image_ids: torch.LongTensor | None = None,
+        alpha: float | None = None,
+        return_dict: bool | None = None,
+    ) -> FusionEncoderForPreTrainingOutput | FusionEncoderOutput | tuple:
+        r"""Compute every enabled pre-training objective on a batch of aligned (image, text) pairs.
+
+        Args:
+            return_loss (`bool`, *optional*, defaults to `True`): `False` gives the contrastive output of
+                [`FusionEncoderForRetrieval`] instead (no loss, no momentum, no queue update).
+            image_ids (`torch.LongTensor` of shape `(batch,)`, *optional*): non-negative id of each pair's image.
+                Pairs sharing an id are ITC positives of each other (also against the queue) and never ITM
+                negatives. Identical captions are never ITM negatives either way.
+            alpha (`float`, *optional*): momentum distillation weight for this step (default
+                `config.distill_alpha`); ALBEF ramps it up from 0 over the first epoch.
+        """
+        if not return_loss:
+            return super().forward(
+                input_ids, pixel_values, attention_mask, token_type_ids, position_ids, return_dict=return_dict
+            )
+        config = self.config
+        momentum = config.use_momentum_encoder
+        alpha = config.distill_alpha if alpha is None else alpha
+        alpha = alpha if momentum else 0.0
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        image = self._embeddings(self._image_features(pixel_values), None)
+        text = self._embeddings(
+            self._text_features(input_ids, attention_mask, token_type_ids, position_ids), attention_mask
+        )
+        image_m = text_m = None
+        if momentum:
+            with torch.no_grad():
+                text_m = self._embeddings(
+                    self._text_features(input_ids, attention_mask, token_type_ids, position_ids, momentum=True),
+                    attention_mask,
+                )
+                image_m = self._embeddings(self._image_features(pixel_values, momentum=True), None)
+        logit_scale = self.get_logit_scale()
+        logits_per_image = logit_scale * image.embeds @ text.embeds.t()
+        losses: dict[str, torch.Tensor] = {}
+
+        if config.itc_weight > 0:
+            if momentum:
+                losses["itc_loss"] = self._momentum_itc(image, text, image_m, text_m, image_ids, alpha, logit_scale)
+            else:
+                losses["itc_loss"] = self._in_batch_itc(image.embeds, text.embeds, logit_scale, image_ids)
+
+        itm_logits = itm_labels = teacher_positive = None
+        if config.itm_weight > 0 or config.target_distill_weight > 0:
+            scale = config.itm_negative_scale if config.itm_negative_scale is not None else logit_scale.detach()
+            negative_image, negative_text, itm_labels = self._itm_pairs(
+                scale * (image.embeds @ text.embeds.t()).detach(), image_ids, input_ids
+            )
+            cat = FusionRetrievalEmbeddings.cat
+            pair_images = cat([image, image.select(negative_image), image])
+            pair_texts = cat([text, text, text.select(negative_text)])
+            student = self.cross_encode(pair_images, pair_texts)
+            itm_logits = student.itm_logits
+            student_logits = _per_encoder_logits(student)
+            if config.itm_weight > 0:
+                losses["itm_loss"] = torch.stack(
+                    [F.cross_entropy(logits, itm_labels, ignore_index=IGNORE_INDEX) for logits in student_logits]
+                ).mean()
+            if config.target_distill_weight > 0:
+                with torch.no_grad():
+                    teacher = self.cross_encode(
+                        cat([image_m, image_m.select(negative_image), image_m]),
+                        cat([text_m, text_m, text_m.select(negative_text)]),
+                        momentum=True,
+                    )
+                    batch = input_ids.shape[0]
+                    teacher_positive = (
+                        teacher.text_hidden_state[:batch],
+                        None if teacher.image_hidden_state is None else teacher.image_hidden_state[:batch],
+                    )
+                valid = (itm_labels != IGNORE_INDEX).float()
+                losses["target_distill_loss"] = torch.stack(
+                    [
+                        soft_target_loss(s, t.softmax(-1), valid)
+                        for s, t in zip(student_logits, _per_encoder_logits(teacher))
+                    ]
+                ).mean()
+
+        if config.mlm_weight > 0 or config.feature_distill_weight > 0:
+            vocab_size = self.text_model.get_input_embeddings().num_embeddings
+            masked_ids, mlm_labels = mask_tokens(
+                input_ids,
+                attention_mask,
+                config.mlm_probability,
+                config.mask_token_id,
+                vocab_size,
+                config.special_token_ids,
+            )
+            masked_text = self._embeddings(
+                self._text_features(masked_ids, attention_mask, token_type_ids, position_ids), attention_mask
+            )
+            student = self.cross_encode(image, masked_text, image_stream=config.feature_distill_weight > 0)
+            if config.mlm_weight > 0:
+                soft_targets = None
+                if alpha > 0:
+                    with torch.no_grad():
+                        masked_text_m = self._embeddings(
+                            self._text_features(
+                                masked_ids, attention_mask, token_type_ids, position_ids, momentum=True
+                            ),
+                            attention_mask,
+                        )
+                        fused_m = self.cross_encode(image_m, masked_text_m, momentum=True, image_stream=False)
+                        soft_targets = self.mlm_head_m(fused_m.text_hidden_state).softmax(-1)
+                losses["mlm_loss"] = masked_lm_loss(
+                    self.mlm_head(student.text_hidden_state), mlm_labels, soft_targets, alpha
+                )
+            if config.feature_distill_weight > 0:
+                if teacher_positive is None:
+                    with torch.no_grad():
+                        teacher = self.cross_encode(image_m, text_m, momentum=True)
+                        teacher_positive = (teacher.text_hidden_state, teacher.image_hidden_state)
+                distances = [feature_distillation_loss(student.text_hidden_state, teacher_positive[0], attention_mask)]
+                if student.image_hidden_state is not None:
+                    distances.append(
+                        feature_distillation_loss(student.image_hidden_state, teacher_positive[1], image.fusion_mask)
+                    )
+                losses["feature_distill_loss"] = torch.stack(distances).mean()
+
+        weights = {
+            "itc_loss": config.itc_weight,
+            "itm_loss": config.itm_weight,
+            "mlm_loss": config.mlm_weight,
+            "target_distill_loss": config.target_distill_weight,
+            "feature_distill_loss": config.feature_distill_weight,
+        }
+        total = sum(weights[name] * value for name, value in losses.items()) if losses else None
+        output = FusionEncoderForPreTrainingOutput(
+            loss=total,
+            **losses,
+            logits_per_image=logits_per_image,
+            logits_per_text=logits_per_image.t(),
+            text_embeds=text.embeds,
+            image_embeds=image.embeds,
+            itm_logits=itm_logits,
+            itm_labels=itm_labels,
+        )
+        use_return_dict = return_dict if return_dict is not None else config.return_dict
+        return output if use_return_dict else output.to_tuple()
+
+
+def _per_encoder_logits(output: CrossEncoderOutput) -> list[torch.Tensor]:
+    """ITM logits of each cross encoder that ran (text-query, then image-query in two-way mode)."""
+    return [logits for logits in (output.text_itm_logits, output.image_itm_logits) if logits is not None]
+
+
+def _broadcast_pairs(
+    image: FusionRetrievalEmbeddings, text: FusionRetrievalEmbeddings
+) -> tuple[FusionRetrievalEmbeddings, FusionRetrievalEmbeddings]:
+    """Repeat a single-item side to the other side's length; otherwise the lengths must agree."""
+    num_images, num_texts = image.embeds.shape[0], text.embeds.shape[0]
+    if num_images == num_texts:
+        return image, text
+    if num_images == 1:
+        return image.select(torch.zeros(num_texts, dtype=torch.long, device=image.embeds.device)), text
+    if num_texts == 1:
+        return image, text.select(torch.zeros(num_images, dtype=torch.long, device=text.embeds.device))
+    raise ValueError(f"cannot pair {num_images} images with {num_texts} texts: give aligned pairs or one side of one")
