@@ -24,6 +24,7 @@ if TYPE_CHECKING:
         evaluate_retrieval,
         evaluate_zero_shot,
     )
+    from .finetune import FinetuneArguments, build_peft_config
     from .grad_cache import grad_cache_backward
     from .sampler import GritSampler, grit_grouping
     from .trainer import VLPTrainer
@@ -42,6 +43,8 @@ _LOCATIONS = {
     "chance_recall": "evaluation",
     "evaluate_retrieval": "evaluation",
     "evaluate_zero_shot": "evaluation",
+    "FinetuneArguments": "finetune",
+    "build_peft_config": "finetune",
     "grad_cache_backward": "grad_cache",
     "GritSampler": "sampler",
     "grit_grouping": "sampler",

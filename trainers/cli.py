@@ -44,6 +44,9 @@ __all__ = [
     "build_model_and_processor",
     "build_train_dataset",
     "demo_data_dir",
+    "eval_name",
+    "resume_value",
+    "setup_logging",
     "evaluate_main",
     "load_recipe",
     "main",
@@ -155,7 +158,7 @@ def parse_job_args(argv: Sequence[str], prog: str, description: str, extra: Sequ
     return parser.parse_args_into_dataclasses(args=list(argv), look_for_args_file=False)
 
 
-def _setup_logging(training_args: Any) -> None:
+def setup_logging(training_args: Any) -> None:
     import transformers
 
     level = training_args.get_process_log_level()
@@ -265,22 +268,33 @@ def build_model_and_processor(model_args: Any, pretraining: bool = False) -> tup
 
 
 # ---------------------------------------------------------------------------------------------- data
-def demo_data_dir(data_args: Any, image_size: int = 64, seed: int = 0) -> Path:
-    """The built-in demo set, rendered on first use into a cache folder (atomically, so concurrent runs agree)."""
+def demo_data_dir(data_args: Any, image_size: int = 64, seed: int = 0, domain: str = "plain") -> Path:
+    """The built-in demo set in `domain`'s look, rendered on first use into a cache folder.
+
+    Rendering is atomic (a staging folder renamed into place), so concurrent runs agree. The scene split depends
+    on `seed` only, so every domain holds the same train / eval scenes: fine-tuning on the "night" look changes
+    the look, never leaks evaluation scenes.
+    """
     from trainers.data import generate_demo_dataset
 
     if data_args.demo_dir:
         root = Path(data_args.demo_dir)
     else:
         cache = Path(os.environ.get("HF_VLP_CACHE", Path.home() / ".cache" / "hf_vlp"))
-        root = cache / f"demo-{data_args.demo_num_train}-{data_args.demo_num_eval}-{image_size}px-seed{seed}"
+        suffix = "" if domain == "plain" else f"-{domain}"
+        root = cache / f"demo-{data_args.demo_num_train}-{data_args.demo_num_eval}-{image_size}px-seed{seed}{suffix}"
     if (root / "eval" / "metadata.jsonl").is_file() and (root / "train" / "metadata.jsonl").is_file():
         return root
-    logger.info("Rendering the demo set into %s", root)
+    logger.info("Rendering the %s demo set into %s", domain, root)
     root.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
     generate_demo_dataset(
-        staging, num_train=data_args.demo_num_train, num_eval=data_args.demo_num_eval, image_size=image_size, seed=seed
+        staging,
+        num_train=data_args.demo_num_train,
+        num_eval=data_args.demo_num_eval,
+        image_size=image_size,
+        seed=seed,
+        domain=domain,
     )
     try:
         staging.rename(root)
@@ -455,7 +469,7 @@ def _preset_image_size(model_args: Any) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- jobs
-def _resume_value(value: str | None) -> str | bool | None:
+def resume_value(value: str | None) -> str | bool | None:
     if value is None:
         return None
     return True if value.lower() in ("true", "latest", "last") else value
@@ -463,7 +477,7 @@ def _resume_value(value: str | None) -> str | bool | None:
 
 def _prepare(argv: Sequence[str], prog: str, description: str) -> tuple:
     model_args, data_args, training_args, job_args = parse_job_args(argv, prog, description)
-    _setup_logging(training_args)
+    setup_logging(training_args)
     if job_args.torch_threads:
         import torch
 
@@ -501,7 +515,7 @@ def pretrain_main(argv: Sequence[str]) -> int:
         zero_shot_dataset=zero_shot if gallery is not None else None,
         processing_class=processor,
     )
-    result = trainer.train(resume_from_checkpoint=_resume_value(training_args.resume_from_checkpoint))
+    result = trainer.train(resume_from_checkpoint=resume_value(training_args.resume_from_checkpoint))
     model_dir = os.path.join(training_args.output_dir, FINAL_MODEL_SUBDIR)
     trainer.save_model(model_dir)
     trainer.log_metrics("train", result.metrics)
@@ -520,10 +534,13 @@ def pretrain_main(argv: Sequence[str]) -> int:
                 results=metrics,
                 training_args=training_args,
                 datasets=[data_args.dataset] if data_args.dataset else None,
-                eval_dataset=_eval_name(data_args, demo_eval),
+                eval_dataset=eval_name(data_args, demo_eval),
             )
         except Exception as error:  # the model is saved; a card failure must not fail a finished run
             logger.warning("Could not write the model card: %s", error)
+        if demo_eval:
+            # The Space (`hf-vlp demo`) shows the demo's eval images as its default gallery, from next to the model.
+            shutil.copytree(data_args.eval_dir, os.path.join(training_args.output_dir, "eval"), dirs_exist_ok=True)
         logger.info("Model saved to %s (load it with AutoModel.from_pretrained)", model_dir)
     return 0
 
@@ -556,7 +573,7 @@ def evaluate_main(argv: Sequence[str]) -> int:
     return 0
 
 
-def _eval_name(data_args: Any, demo_eval: bool) -> str | None:
+def eval_name(data_args: Any, demo_eval: bool) -> str | None:
     """How the model card names the evaluation set."""
     if demo_eval:
         return "hf-vlp demo (rendered Chinese shapes)"
@@ -586,6 +603,8 @@ register_subcommand("pretrain", pretrain_main, "Pre-train (or continue training)
 register_subcommand("evaluate", evaluate_main, "Retrieval Recall@K and zero-shot accuracy of a model.")
 register_subcommand("convert", "trainers.commands:convert_main", "Convert a Chinese-CLIP checkpoint to hf-vlp.")
 register_subcommand("demo", "trainers.commands:demo_main", "Launch the Gradio demo: 以文搜图, 以图搜文, 零样本分类.")
+register_subcommand("finetune", "trainers.finetune:finetune_main", "Adapt a pre-trained model to a domain with LoRA.")
+register_subcommand("push", "trainers.commands:push_main", "Publish a saved model or adapter folder to the Hub.")
 
 
 if __name__ == "__main__":

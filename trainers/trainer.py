@@ -13,6 +13,10 @@ What changes, and why:
   groups travel with checkpoints so resumed runs see the same batches.
 * `evaluate`: retrieval (Recall@1/5/10 both ways, mean recall, optional cross-encoder re-ranking) and zero-shot
   classification, sharded over processes, instead of a loss over the eval set.
+* `peft_config`: the model is wrapped with `hf_vlp.adapters.prepare_peft_model` (LoRA or any linear-layer PEFT
+  method); the stock Trainer then saves only the adapter, in checkpoints and in `save_model`, and resumes it.
+* `create_model_card`: hf-vlp's card (`hf_vlp.model_card`) with the measured retrieval / zero-shot results, which
+  `push_to_hub` uploads, instead of the generic Trainer card.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import logging
 import os
 import time
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
@@ -41,6 +45,9 @@ from .grad_cache import check_grad_cache_support, grad_cache_backward, text_inpu
 from .sampler import GritSampler, grit_grouping
 
 
+if TYPE_CHECKING:
+    from peft import PeftConfig
+
 __all__ = ["GRIT_STATE_NAME", "VLPTrainer"]
 
 logger = logging.getLogger(__name__)
@@ -58,6 +65,10 @@ class VLPTrainer(Trainer):
         eval_dataset: an `EvalGallery` (retrieval evaluation), a `ZeroShotSet`, a dict of those, or any dataset
             the stock Trainer evaluates (loss only).
         zero_shot_dataset: a `ZeroShotSet` evaluated together with the default eval dataset.
+        peft_config: a PEFT config (`hf_vlp.adapters.default_lora_config(model, ...)`, or any `PeftConfig` of a
+            method that adapts linear layers) to train adapters instead of the full model. Only the adapter and
+            `modules_to_save` parameters train; checkpoints and `save_model` hold only those; the momentum model of
+            a fusion encoder is switched off for the run (see `hf_vlp.adapters.prepare_peft_model`).
 
     Example:
 
@@ -90,6 +101,7 @@ class VLPTrainer(Trainer):
         processing_class: Any = None,
         zero_shot_dataset: ZeroShotSet | None = None,
         callbacks: Iterable[TrainerCallback] | None = None,
+        peft_config: PeftConfig | None = None,
         **kwargs: Any,
     ) -> None:
         if args is None:
@@ -98,7 +110,16 @@ class VLPTrainer(Trainer):
             raise TypeError(f"VLPTrainer needs VLPTrainingArguments, got {type(args).__name__}")
         if data_collator is None and processing_class is not None:
             data_collator = ImageTextCollator(processing_class, max_length=getattr(processing_class, "max_length", 32))
-        callbacks = [MomentumUpdateCallback(), *(callbacks or [])]
+        if peft_config is not None:
+            if model is None:
+                raise ValueError("peft_config needs the base model (model=...) to wrap")
+            from hf_vlp.adapters import prepare_peft_model
+
+            model = prepare_peft_model(model, peft_config)
+        callbacks = list(callbacks or [])
+        if not _is_peft_model(model):
+            # Under PEFT the momentum model is off (prepare_peft_model): an EMA step would only move frozen weights.
+            callbacks.insert(0, MomentumUpdateCallback())
         if train_dataset is not None:
             callbacks.insert(0, DatasetEpochCallback(train_dataset))
         super().__init__(
@@ -436,6 +457,58 @@ class VLPTrainer(Trainer):
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         self._memory_tracker.stop_and_update_metrics(metrics)
         return metrics
+
+    # ------------------------------------------------------------------------------------------ hub
+    def create_model_card(
+        self,
+        language: str | None = None,
+        license: str | None = None,  # noqa: A002 (the Trainer's argument name)
+        tags: str | list[str] | None = None,
+        model_name: str | None = None,
+        finetuned_from: str | None = None,
+        tasks: str | list[str] | None = None,
+        dataset_tags: str | list[str] | None = None,
+        dataset: str | list[str] | None = None,
+        dataset_args: str | list[str] | None = None,
+    ) -> None:
+        """Write hf-vlp's card for the model saved in `output_dir` (`push_to_hub` saves it first, then calls this).
+
+        The generic Trainer card knows neither the model family, nor the retrieval metrics, nor how to load custom
+        code; ours (`hf_vlp.model_card`) states the measured results (every `eval_*` metric this trainer logged, the
+        latest value of each) as the card's `model-index`. `language` and `tasks` are fixed by the templates
+        (Chinese; retrieval and zero-shot classification); `dataset_tags` and `dataset_args` have no place in them.
+        A model that is not an hf-vlp model or adapter gets the Trainer's generic card.
+        """
+        if not self.is_world_process_zero():
+            return
+        from hf_vlp.model_card import describe, write_model_card
+
+        try:
+            describe(self.args.output_dir)
+        except (OSError, ValueError):  # not an hf-vlp model or adapter (VLPTrainer trains any model with a loss)
+            return super().create_model_card(
+                language, license, tags, model_name, finetuned_from, tasks, dataset_tags, dataset, dataset_args
+            )
+        measured: dict[str, float] = {}
+        for entry in self.state.log_history:
+            measured.update({key: value for key, value in entry.items() if key.startswith("eval_")})
+        datasets = [dataset] if isinstance(dataset, str) else dataset
+        write_model_card(
+            self.args.output_dir,
+            results=measured or None,  # None: the folder's all_results.json / eval_results.json, if any
+            training_args=self.args,
+            datasets=datasets,
+            base_model=finetuned_from,
+            repo_id=self.hub_model_id,
+            model_name=model_name,
+            license=license or "apache-2.0",
+            tags=[tags] if isinstance(tags, str) else tags or (),
+        )
+
+
+def _is_peft_model(model: nn.Module | None) -> bool:
+    """A `PeftModel` (duck-typed, so `peft` stays an optional import)."""
+    return hasattr(model, "get_base_model") and hasattr(model, "peft_config")
 
 
 class _Indexed(Dataset):
