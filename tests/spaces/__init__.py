@@ -1,0 +1,1 @@
+"""Tests of the Gradio Space (`spaces/app.py`, loaded by path)."""
