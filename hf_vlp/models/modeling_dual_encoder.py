@@ -14,7 +14,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import PreTrainedModel
+from transformers import AutoConfig, PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils import ModelOutput
@@ -26,7 +26,15 @@ from .contrastive import (
     image_text_contrastive_loss,
     token_wise_similarity,
 )
-from .towers import build_tower, load_tower, lock_tower, pool_text, pool_vision, vision_tokens
+from .towers import (
+    build_tower,
+    load_tower,
+    lock_tower,
+    present,
+    text_tower_features,
+    vision_tower_features,
+    vision_width,
+)
 
 
 __all__ = [
@@ -158,6 +166,46 @@ class VLPPreTrainedModel(PreTrainedModel):
         model._after_load(list(info.get("missing_keys", [])))
         return (model, info) if want_info else model
 
+    def get_input_embeddings(self) -> nn.Module:
+        return self.text_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.text_model.set_input_embeddings(value)
+
+    def get_logit_scale(self) -> torch.Tensor:
+        """exp(logit_scale) clamped to `config.logit_scale_max`, as CLIP (and ALBEF) bound the temperature."""
+        return self.logit_scale.clamp(max=math.log(self.config.logit_scale_max)).exp()
+
+    @classmethod
+    def from_vision_text_pretrained(
+        cls,
+        vision_model_name_or_path: str,
+        text_model_name_or_path: str,
+        hub_kwargs: dict | None = None,
+        **config_kwargs,
+    ):
+        """Build a model on real pretrained towers (Hub ids or local folders); everything else is new.
+
+        Keyword arguments go to the config (e.g. `projection_dim`, `similarity`, `lock_vision`). A vision
+        checkpoint of a composite model such as CLIP contributes only its vision tower. `hub_kwargs` (e.g.
+        `revision`, `token`, `cache_dir`) go to every download. The weights are copied into the towers the
+        model built (not swapped in) so weight tying survives, and every key outside the two towers counts as
+        missing for `_after_load` (LiT locks, momentum copies).
+        """
+        hub_kwargs = hub_kwargs or {}
+        vision_config = AutoConfig.from_pretrained(vision_model_name_or_path, **hub_kwargs)
+        vision_config = getattr(vision_config, "vision_config", vision_config)
+        text_config = AutoConfig.from_pretrained(text_model_name_or_path, **hub_kwargs)
+        model = cls(cls.config_class(text_config=text_config, vision_config=vision_config, **config_kwargs))
+        config = model.config
+        text_tower = load_tower(text_model_name_or_path, config.text_config, drop_pooler=True, **hub_kwargs)
+        model.text_model.load_state_dict(text_tower.state_dict())
+        drop_vision_pooler = config.vision_pooling != "pooler"
+        vision_tower = load_tower(vision_model_name_or_path, config.vision_config, drop_vision_pooler, **hub_kwargs)
+        model.vision_model.load_state_dict(vision_tower.state_dict())
+        model._after_load([k for k in model.state_dict() if not k.startswith(("text_model.", "vision_model."))])
+        return model
+
     def save_pretrained(self, save_directory, *args, **kwargs):
         # The zero-shot pipeline resolves remote code through this auto class: point it at the same class.
         if getattr(self, "_auto_class", None) is not None and getattr(self, "supports_zero_shot_pipeline", False):
@@ -196,7 +244,7 @@ class DualEncoderModel(VLPPreTrainedModel):
         self.text_model = build_tower(config.text_config, drop_pooler=True)
         self.vision_model = build_tower(config.vision_config, drop_pooler=config.vision_pooling != "pooler")
         text_dim = config.text_config.hidden_size
-        vision_dim = _vision_width(config.vision_config)
+        vision_dim = vision_width(config.vision_config)
         self.text_projection = nn.Linear(text_dim, config.projection_dim, bias=False)
         self.visual_projection = nn.Linear(vision_dim, config.projection_dim, bias=False)
         self.logit_scale = nn.Parameter(torch.tensor(config.logit_scale_init_value))
@@ -228,12 +276,6 @@ class DualEncoderModel(VLPPreTrainedModel):
                 tower.eval()
         return self
 
-    def get_input_embeddings(self) -> nn.Module:
-        return self.text_model.get_input_embeddings()
-
-    def set_input_embeddings(self, value: nn.Module) -> None:
-        self.text_model.set_input_embeddings(value)
-
     # ---------------------------------------------------------------- features
     def get_text_features(
         self,
@@ -244,33 +286,21 @@ class DualEncoderModel(VLPPreTrainedModel):
         **kwargs,
     ) -> BaseModelOutputWithPooling:
         """Text tower output whose `pooler_output` is the projected (unnormalised) text embedding."""
-        outputs = self.text_model(
-            **_present(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                token_type_ids=token_type_ids,
-                position_ids=position_ids,
-            ),
-            return_dict=True,
+        return text_tower_features(
+            self.text_model,
+            self.text_projection,
+            self.config.text_pooling,
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            position_ids,
             **kwargs,
-        )
-        pooled = pool_text(outputs.last_hidden_state, attention_mask, self.config.text_pooling)
-        return BaseModelOutputWithPooling(
-            last_hidden_state=outputs.last_hidden_state,
-            pooler_output=self.text_projection(pooled),
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
         )
 
     def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling:
         """Vision tower output whose `pooler_output` is the projected (unnormalised) image embedding."""
-        outputs = self.vision_model(pixel_values=pixel_values, return_dict=True, **kwargs)
-        pooled = pool_vision(outputs, self.config.vision_pooling)
-        return BaseModelOutputWithPooling(
-            last_hidden_state=vision_tokens(outputs),
-            pooler_output=self.visual_projection(pooled),
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
+        return vision_tower_features(
+            self.vision_model, self.visual_projection, self.config.vision_pooling, pixel_values, **kwargs
         )
 
     def _retrieval_embeddings(
@@ -321,10 +351,6 @@ class DualEncoderModel(VLPPreTrainedModel):
         sim = image.embeds @ text.embeds.t()
         return sim, sim
 
-    def get_logit_scale(self) -> torch.Tensor:
-        """exp(logit_scale) clamped to `config.logit_scale_max`, as CLIP bounds its temperature."""
-        return self.logit_scale.clamp(max=math.log(self.config.logit_scale_max)).exp()
-
     # ---------------------------------------------------------------- forward
     def forward(
         self,
@@ -349,7 +375,7 @@ class DualEncoderModel(VLPPreTrainedModel):
         Under `torch.distributed` (and `config.gather_distributed`), the loss uses the embeddings of every
         rank as negatives, gathered with gradient; the returned logits stay the local batch's.
         """
-        tower_kwargs = _present(output_attentions=output_attentions, output_hidden_states=output_hidden_states)
+        tower_kwargs = present(output_attentions=output_attentions, output_hidden_states=output_hidden_states)
         # Image tower first: backward runs in reverse order, so the tower run last is differentiated first while
         # the other one's activations are still held. Differentiating the text tower first (fewer tokens, smaller
         # backward temporaries) and the vision tower last, after the text activations are freed, lowers the
@@ -407,51 +433,6 @@ class DualEncoderModel(VLPPreTrainedModel):
             i2t, _ = self.similarity(image, all_text)
             _, t2i = self.similarity(all_image, text)
         return image_text_contrastive_loss(logit_scale * i2t, logit_scale * t2i.t(), offset, image_ids, all_ids)
-
-    @classmethod
-    def from_vision_text_pretrained(
-        cls,
-        vision_model_name_or_path: str,
-        text_model_name_or_path: str,
-        hub_kwargs: dict | None = None,
-        **config_kwargs,
-    ) -> DualEncoderModel:
-        """Build a dual encoder from real pretrained towers (Hub ids or local folders).
-
-        The towers' weights are loaded; projections and the temperature are new. Keyword arguments go to
-        [`DualEncoderConfig`] (e.g. `projection_dim`, `similarity`, `lock_vision`). A vision checkpoint of a
-        composite model such as CLIP contributes only its vision tower. `hub_kwargs` (e.g. `revision`,
-        `token`, `cache_dir`) go to every `from_pretrained` call.
-        """
-        hub_kwargs = hub_kwargs or {}
-        from transformers import AutoConfig
-
-        vision_config = AutoConfig.from_pretrained(vision_model_name_or_path, **hub_kwargs)
-        vision_config = getattr(vision_config, "vision_config", vision_config)
-        text_config = AutoConfig.from_pretrained(text_model_name_or_path, **hub_kwargs)
-        config = cls.config_class(text_config=text_config, vision_config=vision_config, **config_kwargs)
-        model = cls(config)
-        model.text_model = load_tower(text_model_name_or_path, config.text_config, drop_pooler=True, **hub_kwargs)
-        model.vision_model = load_tower(
-            vision_model_name_or_path,
-            config.vision_config,
-            drop_pooler=config.vision_pooling != "pooler",
-            **hub_kwargs,
-        )
-        config.text_config = model.text_model.config
-        config.vision_config = model.vision_model.config
-        model.apply_locks()
-        return model
-
-
-def _vision_width(vision_config) -> int:
-    """Width of a vision tower's pooled output (hierarchical towers such as Swin grow their width)."""
-    return getattr(vision_config, "num_features", None) or vision_config.hidden_size
-
-
-def _present(**kwargs) -> dict:
-    """Only the keyword arguments that were given: towers differ in which inputs they accept."""
-    return {k: v for k, v in kwargs.items() if v is not None}
 
 
 def _gather_embeddings(emb: RetrievalEmbeddings) -> RetrievalEmbeddings:

@@ -16,7 +16,6 @@ code): imports torch, transformers and sibling files only.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
@@ -24,7 +23,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoConfig
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils import ModelOutput, logging
@@ -57,11 +55,9 @@ from .modeling_dual_encoder import (
     DualEncoderOutput,
     RetrievalEmbeddings,
     VLPPreTrainedModel,
-    _present,
     _rank_offset,
-    _vision_width,
 )
-from .towers import build_tower, load_tower, pool_text, pool_vision, vision_tokens
+from .towers import build_tower, present, text_tower_features, vision_tower_features, vision_width
 
 
 __all__ = [
@@ -206,7 +202,7 @@ class FusionEncoderForRetrieval(VLPPreTrainedModel):
         is the same set with suffix `_m`)."""
         config = self.config
         text_size = config.text_config.hidden_size
-        vision_size = _vision_width(config.vision_config)
+        vision_size = vision_width(config.vision_config)
         setattr(self, "text_model" + suffix, build_tower(config.text_config, drop_pooler=True))
         vision_model = build_tower(config.vision_config, drop_pooler=config.vision_pooling != "pooler")
         setattr(self, "vision_model" + suffix, vision_model)
@@ -221,16 +217,6 @@ class FusionEncoderForRetrieval(VLPPreTrainedModel):
     def _part(self, name: str, momentum: bool = False) -> nn.Module:
         return getattr(self, name + MOMENTUM_SUFFIX if momentum else name)
 
-    def get_input_embeddings(self) -> nn.Module:
-        return self.text_model.get_input_embeddings()
-
-    def set_input_embeddings(self, value: nn.Module) -> None:
-        self.text_model.set_input_embeddings(value)
-
-    def get_logit_scale(self) -> torch.Tensor:
-        """exp(logit_scale) clamped to `config.logit_scale_max` (ALBEF clamps its temperature likewise)."""
-        return self.logit_scale.clamp(max=math.log(self.config.logit_scale_max)).exp()
-
     # ---------------------------------------------------------------- uni-modal features
     def _text_features(
         self,
@@ -243,34 +229,26 @@ class FusionEncoderForRetrieval(VLPPreTrainedModel):
     ) -> BaseModelOutputWithPooling:
         if self.config.use_bridges:
             kwargs["output_hidden_states"] = True
-        outputs = self._part("text_model", momentum)(
-            **_present(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                token_type_ids=token_type_ids,
-                position_ids=position_ids,
-            ),
-            return_dict=True,
+        return text_tower_features(
+            self._part("text_model", momentum),
+            self._part("text_projection", momentum),
+            self.config.text_pooling,
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            position_ids,
             **kwargs,
-        )
-        pooled = pool_text(outputs.last_hidden_state, attention_mask, self.config.text_pooling)
-        return BaseModelOutputWithPooling(
-            last_hidden_state=outputs.last_hidden_state,
-            pooler_output=self._part("text_projection", momentum)(pooled),
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
         )
 
     def _image_features(self, pixel_values: torch.Tensor, momentum: bool = False, **kwargs):
         if self.config.use_bridges:
             kwargs["output_hidden_states"] = True
-        outputs = self._part("vision_model", momentum)(pixel_values=pixel_values, return_dict=True, **kwargs)
-        pooled = pool_vision(outputs, self.config.vision_pooling)
-        return BaseModelOutputWithPooling(
-            last_hidden_state=vision_tokens(outputs),
-            pooler_output=self._part("visual_projection", momentum)(pooled),
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
+        return vision_tower_features(
+            self._part("vision_model", momentum),
+            self._part("visual_projection", momentum),
+            self.config.vision_pooling,
+            pixel_values,
+            **kwargs,
         )
 
     def get_text_features(
@@ -479,7 +457,7 @@ class FusionEncoderForRetrieval(VLPPreTrainedModel):
             image_ids (`torch.LongTensor` of shape `(batch,)`, *optional*): pairs sharing an image id are
                 positives of each other in the loss.
         """
-        tower_kwargs = _present(output_attentions=output_attentions, output_hidden_states=output_hidden_states)
+        tower_kwargs = present(output_attentions=output_attentions, output_hidden_states=output_hidden_states)
         # Image tower first, as the dual encoder: backward then frees the vision activations last (lower peak memory).
         image_features = self._image_features(pixel_values, **tower_kwargs)
         text_features = self._text_features(input_ids, attention_mask, token_type_ids, position_ids, **tower_kwargs)
@@ -582,39 +560,6 @@ class FusionEncoderForRetrieval(VLPPreTrainedModel):
             getattr(model, name).load_state_dict(getattr(dual, name).state_dict())
         with torch.no_grad():
             model.logit_scale.copy_(dual.logit_scale)
-        model._after_load(model._momentum_keys())
-        return model
-
-    @classmethod
-    def from_vision_text_pretrained(
-        cls,
-        vision_model_name_or_path: str,
-        text_model_name_or_path: str,
-        hub_kwargs: dict | None = None,
-        **config_kwargs,
-    ) -> FusionEncoderForRetrieval:
-        """Build a fusion model on real pretrained towers (Hub ids or folders); everything else is new.
-
-        A vision checkpoint of a composite model such as CLIP contributes its vision tower. Keyword arguments go to
-        [`FusionEncoderConfig`]: pass the tokenizer's `mask_token_id` / `special_token_ids` when its vocabulary
-        is not a Chinese BERT's. `hub_kwargs` (e.g. `revision`, `token`, `cache_dir`) go to every download.
-        """
-        hub_kwargs = hub_kwargs or {}
-        vision_config = AutoConfig.from_pretrained(vision_model_name_or_path, **hub_kwargs)
-        vision_config = getattr(vision_config, "vision_config", vision_config)
-        text_config = AutoConfig.from_pretrained(text_model_name_or_path, **hub_kwargs)
-        config = cls.config_class(text_config=text_config, vision_config=vision_config, **config_kwargs)
-        model = cls(config)
-        # Weights are copied into the existing towers (not the modules replaced) so weight tying survives.
-        text_tower = load_tower(text_model_name_or_path, config.text_config, drop_pooler=True, **hub_kwargs)
-        model.text_model.load_state_dict(text_tower.state_dict())
-        vision_tower = load_tower(
-            vision_model_name_or_path,
-            config.vision_config,
-            drop_pooler=config.vision_pooling != "pooler",
-            **hub_kwargs,
-        )
-        model.vision_model.load_state_dict(vision_tower.state_dict())
         model._after_load(model._momentum_keys())
         return model
 

@@ -10,6 +10,7 @@ import inspect
 import torch
 from torch import nn
 from transformers import AutoModel, PreTrainedConfig, PreTrainedModel
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
 
@@ -20,6 +21,10 @@ __all__ = [
     "pool_text",
     "pool_vision",
     "vision_tokens",
+    "vision_width",
+    "present",
+    "text_tower_features",
+    "vision_tower_features",
     "tower_layers",
     "lock_tower",
 ]
@@ -115,3 +120,59 @@ def lock_tower(tower: nn.Module, unlocked_layers: int = 0) -> list[str]:
             param.requires_grad_(True)
             trainable.append(name)
     return trainable
+
+
+def vision_width(vision_config: PreTrainedConfig) -> int:
+    """Width of a vision tower's pooled output (hierarchical towers such as Swin grow their width)."""
+    return getattr(vision_config, "num_features", None) or vision_config.hidden_size
+
+
+def present(**kwargs) -> dict:
+    """Only the keyword arguments that were given: towers differ in which inputs they accept."""
+    return {k: v for k, v in kwargs.items() if v is not None}
+
+
+def text_tower_features(
+    tower: nn.Module,
+    projection: nn.Module,
+    pooling: str,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    token_type_ids: torch.Tensor | None = None,
+    position_ids: torch.Tensor | None = None,
+    **kwargs,
+) -> BaseModelOutputWithPooling:
+    """Run a text tower and project its pooled state: the tower's output with `pooler_output` = projected
+    (unnormalised) embedding, transformers 5's `get_text_features` convention. Shared by every model family
+    (and by the fusion encoder's momentum copy), so all of them embed text identically."""
+    outputs = tower(
+        **present(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+        ),
+        return_dict=True,
+        **kwargs,
+    )
+    pooled = pool_text(outputs.last_hidden_state, attention_mask, pooling)
+    return BaseModelOutputWithPooling(
+        last_hidden_state=outputs.last_hidden_state,
+        pooler_output=projection(pooled),
+        hidden_states=outputs.hidden_states,
+        attentions=outputs.attentions,
+    )
+
+
+def vision_tower_features(
+    tower: nn.Module, projection: nn.Module, pooling: str, pixel_values: torch.Tensor, **kwargs
+) -> BaseModelOutputWithPooling:
+    """Run a vision tower and project its pooled state (see `text_tower_features`); `last_hidden_state` is
+    always (batch, tokens, hidden), convolutional towers included."""
+    outputs = tower(pixel_values=pixel_values, return_dict=True, **kwargs)
+    return BaseModelOutputWithPooling(
+        last_hidden_state=vision_tokens(outputs),
+        pooler_output=projection(pool_vision(outputs, pooling)),
+        hidden_states=outputs.hidden_states,
+        attentions=outputs.attentions,
+    )
