@@ -43,6 +43,7 @@ __all__ = [
     "build_eval_sets",
     "build_model_and_processor",
     "build_train_dataset",
+    "build_trainer",
     "demo_data_dir",
     "eval_name",
     "resume_value",
@@ -486,25 +487,18 @@ def _prepare(argv: Sequence[str], prog: str, description: str) -> tuple:
     return model_args, data_args, training_args, demo_eval
 
 
-def pretrain_main(argv: Sequence[str]) -> int:
-    """`hf-vlp pretrain`: train, save a Hub-ready model to `<output_dir>/model`, evaluate, write the metrics."""
-    model_args, data_args, training_args, demo_eval = _prepare(
-        argv, "hf-vlp pretrain", "Contrastive (and fusion) image-text pre-training with the hf-vlp trainer."
-    )
-    from transformers import set_seed
-
-    from hf_vlp.model_card import write_model_card
+def build_trainer(
+    prog: str, model: Any, processor: Any, data_args: Any, training_args: Any, **trainer_kwargs: Any
+) -> tuple[Any, Any, Any]:
+    """The `VLPTrainer` of a job (train set, retrieval gallery and zero-shot set from the data flags), with
+    the gallery and zero-shot set for the job's summary. `trainer_kwargs` (e.g. `peft_config`) go to the trainer."""
     from trainers.data import ImageTextCollator
 
     from .trainer import VLPTrainer
 
-    set_seed(training_args.seed)
-    model, processor = build_model_and_processor(model_args, pretraining=True)
     train_dataset = build_train_dataset(data_args, seed=training_args.seed)
     if train_dataset is None:
-        raise SystemExit(
-            "hf-vlp pretrain: no training data (--train-dir, --train-file, --dataset, --train-shards or --demo)"
-        )
+        raise SystemExit(f"{prog}: no training data (--train-dir, --train-file, --dataset, --train-shards or --demo)")
     gallery, zero_shot = build_eval_sets(data_args)
     trainer = VLPTrainer(
         model=model,
@@ -514,7 +508,23 @@ def pretrain_main(argv: Sequence[str]) -> int:
         eval_dataset=gallery if gallery is not None else zero_shot,
         zero_shot_dataset=zero_shot if gallery is not None else None,
         processing_class=processor,
+        **trainer_kwargs,
     )
+    return trainer, gallery, zero_shot
+
+
+def pretrain_main(argv: Sequence[str]) -> int:
+    """`hf-vlp pretrain`: train, save a Hub-ready model to `<output_dir>/model`, evaluate, write the metrics."""
+    model_args, data_args, training_args, demo_eval = _prepare(
+        argv, "hf-vlp pretrain", "Contrastive (and fusion) image-text pre-training with the hf-vlp trainer."
+    )
+    from transformers import set_seed
+
+    from hf_vlp.model_card import write_model_card
+
+    set_seed(training_args.seed)
+    model, processor = build_model_and_processor(model_args, pretraining=True)
+    trainer, gallery, zero_shot = build_trainer("hf-vlp pretrain", model, processor, data_args, training_args)
     result = trainer.train(resume_from_checkpoint=resume_value(training_args.resume_from_checkpoint))
     model_dir = os.path.join(training_args.output_dir, FINAL_MODEL_SUBDIR)
     trainer.save_model(model_dir)

@@ -28,9 +28,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from .cli import (
-    build_eval_sets,
     build_model_and_processor,
-    build_train_dataset,
+    build_trainer,
     demo_data_dir,
     eval_name,
     parse_job_args,
@@ -198,9 +197,6 @@ def finetune_main(argv: Sequence[str]) -> int:
     from transformers import set_seed
 
     from hf_vlp.adapters import merge_adapter
-    from trainers.data import ImageTextCollator
-
-    from .trainer import VLPTrainer
 
     if job_args.torch_threads:
         torch.set_num_threads(job_args.torch_threads)
@@ -215,21 +211,8 @@ def finetune_main(argv: Sequence[str]) -> int:
     model, processor = build_model_and_processor(model_args, pretraining=True)
     peft_config = build_peft_config(model, finetune_args, revision=model_args.revision)
     demo_eval = _resolve_demo(data_args, finetune_args.demo_domain, _image_size(processor), training_args.seed)
-    train_dataset = build_train_dataset(data_args, seed=training_args.seed)
-    if train_dataset is None:
-        raise SystemExit(
-            "hf-vlp finetune: no training data (--train-dir, --train-file, --dataset, --train-shards or --demo)"
-        )
-    gallery, zero_shot = build_eval_sets(data_args)
-    trainer = VLPTrainer(
-        model=model,
-        args=training_args,
-        data_collator=ImageTextCollator(processor, max_length=processor.max_length),
-        train_dataset=train_dataset,
-        eval_dataset=gallery if gallery is not None else zero_shot,
-        zero_shot_dataset=zero_shot if gallery is not None else None,
-        processing_class=processor,
-        peft_config=peft_config,
+    trainer, gallery, zero_shot = build_trainer(
+        "hf-vlp finetune", model, processor, data_args, training_args, peft_config=peft_config
     )
     if trainer.is_world_process_zero():
         trainer.model.print_trainable_parameters()
