@@ -1,0 +1,1 @@
+"""hf-vlp benchmarks: each script measures one question against a reference, in the same run (see README.md)."""

@@ -1,0 +1,381 @@
+"""Benchmark: chunked top-k search (``hf_vlp.retrieval.chunked_topk``) vs the naive full score matrix + ``topk``.
+
+For each gallery size it measures, in the same run and on the same data:
+
+* **ours**: ``chunked_topk(queries, gallery, k, chunk_size, query_chunk_size)``;
+* **reference**: ``torch.topk(queries @ gallery.T, k, dim=1)`` (the ``[Q, N]`` matrix is materialised).
+
+and prints wall and CPU time (best of ``--rounds`` x ``--repeats`` calls, the two methods alternating round by
+round), the ratios, the peak *extra* memory of each (beyond the inputs) and whether the returned indices are equal.
+
+Memory is measured honestly per method: every (size, method) measurement runs in a fresh subprocess that
+builds the inputs, runs a small warm-up, then resets the kernel's peak-RSS counter (``/proc/self/clear_refs``
+``5``, Linux) and reports ``VmHWM - VmRSS`` (peak resident memory during the timed calls minus the resident
+memory before them). ``tracemalloc`` cannot see torch allocations, which is why this is done at the process
+level. Where ``clear_refs`` is unavailable it falls back to ``ru_maxrss`` deltas (an underestimate when the
+input construction peaked higher). On CUDA it uses ``torch.cuda.max_memory_allocated`` minus the allocated
+bytes before the call. The analytic extra bytes (the score buffer of each method) are reported next to it.
+
+The reference is skipped (and reported as skipped) when its ``[Q, N]`` matrix would exceed
+``--max-reference-bytes``.
+
+    python benchmarks/bench_search.py                    # 10k / 100k / 1M x 512, 1000 queries, top-10
+    python benchmarks/bench_search.py --smoke            # tiny CI-sized run (seconds)
+    python benchmarks/bench_search.py --sizes 1000000 --chunk-size 16384
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import importlib.util
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_OUTPUT = REPO_ROOT / "benchmarks" / "results" / "search.json"
+DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}
+
+
+# ---------------------------------------------------------------------------------------------------- worker
+
+
+def _load_retrieval():
+    """Load ``hf_vlp/retrieval.py`` by path: it needs only torch, and skipping the package ``__init__`` (which
+    imports transformers) keeps every measurement subprocess start-up short and its baseline memory small."""
+    spec = importlib.util.spec_from_file_location("hf_vlp_retrieval", REPO_ROOT / "hf_vlp" / "retrieval.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _status_kib(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _make_data(num_gallery: int, num_queries: int, dim: int, dtype, device: str, seed: int):
+    """Unit-norm gallery and queries that are noisy copies of random gallery items (a realistic search task).
+
+    Built block by block in place, so building the inputs does not create a transient peak above their size.
+    """
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    gallery = torch.empty(num_gallery, dim, dtype=torch.float32)
+    block = 65536
+    for start in range(0, num_gallery, block):
+        part = gallery[start : start + block]
+        part.normal_(generator=gen)
+        part.div_(part.norm(dim=1, keepdim=True))
+    targets = torch.randint(0, num_gallery, (num_queries,), generator=gen)
+    queries = gallery[targets] + 0.5 * torch.randn(num_queries, dim, generator=gen) / dim**0.5
+    queries = queries / queries.norm(dim=1, keepdim=True)
+    gallery = gallery.to(device=device, dtype=dtype)
+    queries = queries.to(device=device, dtype=dtype)
+    return queries, gallery
+
+
+def _worker(spec: dict) -> dict:
+    import torch
+
+    chunked_topk = _load_retrieval().chunked_topk
+    if spec["threads"]:
+        torch.set_num_threads(spec["threads"])
+    dtype = getattr(torch, spec["dtype"])
+    device = spec["device"]
+    queries, gallery = _make_data(spec["size"], spec["queries"], spec["dim"], dtype, device, spec["seed"])
+    k = spec["k"]
+
+    def run(q, g):
+        if spec["method"] == "ours":
+            return chunked_topk(q, g, k, chunk_size=spec["chunk_size"], query_chunk_size=spec["query_chunk_size"])
+        scores, indices = torch.topk(q @ g.T, min(k, g.shape[0]), dim=1)
+        return scores, indices
+
+    def sync():
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    with torch.no_grad():
+        run(queries[:16], gallery[: min(4096, gallery.shape[0])])  # warm-up: thread pool, kernels
+        sync()
+        if device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+            memory_method = "torch.cuda.max_memory_allocated - memory_allocated before"
+        elif _reset_peak_rss():
+            base = (_status_kib("VmRSS") or 0) * 1024
+            memory_method = "VmHWM - VmRSS before (peak RSS reset via /proc/self/clear_refs)"
+        else:
+            base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+            memory_method = "ru_maxrss delta (may underestimate)"
+        times, cpu_times = [], []
+        for _ in range(spec["repeats"]):
+            sync()
+            start, cpu_start = time.perf_counter(), time.process_time()
+            scores, indices = run(queries, gallery)
+            sync()
+            times.append(time.perf_counter() - start)
+            cpu_times.append(time.process_time() - cpu_start)
+            del scores
+            if len(times) < spec["repeats"]:
+                del indices
+        if device.startswith("cuda"):
+            peak = torch.cuda.max_memory_allocated() - base
+        elif memory_method.startswith("VmHWM"):
+            peak = (_status_kib("VmHWM") or 0) * 1024 - base
+        else:
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+        # scores of the returned indices, recomputed exactly the same way for both methods (fp-noise-free check)
+        picked = torch.einsum("qd,qkd->qk", queries.double(), gallery[indices].double())
+    return {
+        "times_s": times,
+        "cpu_times_s": cpu_times,
+        "peak_extra_bytes": max(int(peak), 0),
+        "memory_method": memory_method,
+        "indices": indices.cpu().tolist(),
+        "picked_scores": picked.cpu().tolist(),
+    }
+
+
+# ---------------------------------------------------------------------------------------------------- driver
+
+
+def _measure(spec: dict, timeout: float) -> dict:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--_worker", json.dumps(spec)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT)
+    if proc.returncode != 0:
+        raise RuntimeError(f"worker failed ({spec['method']}, N={spec['size']}):\n{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _merge_runs(runs: list[dict]) -> dict:
+    """Pool the timed calls of several subprocess runs of one method; memory = the largest peak seen."""
+    return {
+        "times_s": [t for r in runs for t in r["times_s"]],
+        "cpu_times_s": [t for r in runs for t in r["cpu_times_s"]],
+        "peak_extra_bytes": max(r["peak_extra_bytes"] for r in runs),
+        "memory_method": runs[0]["memory_method"],
+        "indices": runs[-1]["indices"],
+        "picked_scores": runs[-1]["picked_scores"],
+    }
+
+
+def _fmt_bytes(n: float | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def _machine(device: str) -> dict:
+    import torch
+
+    cpu = platform.processor() or "unknown"
+    try:
+        with open("/proc/cpuinfo") as fh:
+            cpu = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    info = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": device,
+    }
+    with contextlib.suppress(ValueError, OSError):
+        info["memory_gib"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    if device.startswith("cuda") and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def report_threads_default() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="10000,100000,1000000", help="comma-separated gallery sizes")
+    parser.add_argument("--queries", type=int, default=1000)
+    parser.add_argument("--dim", type=int, default=512)
+    parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--chunk-size", type=int, default=None, help="gallery rows per block (default: library)")
+    parser.add_argument("--query-chunk-size", type=int, default=None, help="query rows per block (default: library)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=sorted(DTYPE_BYTES))
+    parser.add_argument("--repeats", type=int, default=2, help="timed calls per subprocess; the best is reported")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating ours/reference subprocesses per size")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads in the workers (0: torch default)")
+    parser.add_argument("--max-reference-bytes", type=float, default=8 * 2**30, help="skip larger references")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--timeout", type=float, default=1800, help="seconds per measurement subprocess")
+    parser.add_argument("--smoke", action="store_true", help="tiny CI-sized run: sizes 2000,5003, 64 queries, D=64")
+    parser.add_argument(
+        "--output", default=None, help=f"JSON result (default {DEFAULT_OUTPUT.relative_to(REPO_ROOT)})"
+    )
+    parser.add_argument("--_worker", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args._worker is not None:
+        print(json.dumps(_worker(json.loads(args._worker))))
+        return {}
+
+    import inspect
+
+    defaults = inspect.signature(_load_retrieval().chunked_topk).parameters
+    chunk_size = args.chunk_size or defaults["chunk_size"].default
+    query_chunk_size = args.query_chunk_size or defaults["query_chunk_size"].default
+    if args.smoke:
+        args.sizes, args.queries, args.dim, args.repeats, args.rounds = "2000,5003", 64, 64, 3, 1
+        chunk_size = args.chunk_size or 1000
+    if args.output is None:
+        args.output = str(DEFAULT_OUTPUT.with_name("search_smoke.json") if args.smoke else DEFAULT_OUTPUT)
+    sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
+    itemsize = DTYPE_BYTES[args.dtype]
+
+    results = []
+    header = (
+        f"{'N':>9} {'ours s':>8} {'ref s':>8} {'ref/ours':>8} {'ours cpu':>8} {'ref cpu':>8} {'cpu r/o':>8} "
+        f"{'ours extra mem':>15} {'ref extra mem':>14} "
+        f"{'ours analytic':>14} {'ref analytic':>13} {'indices':>9}"
+    )
+    print(
+        f"Q={args.queries} D={args.dim} k={args.k} dtype={args.dtype} device={args.device} "
+        f"chunk_size={chunk_size} query_chunk_size={query_chunk_size} repeats={args.repeats} rounds={args.rounds}"
+    )
+    print(header)
+    load_start = list(os.getloadavg())
+    for size in sizes:
+        spec = {
+            "size": size,
+            "queries": args.queries,
+            "dim": args.dim,
+            "k": args.k,
+            "chunk_size": chunk_size,
+            "query_chunk_size": query_chunk_size,
+            "device": args.device,
+            "dtype": args.dtype,
+            "repeats": args.repeats,
+            "threads": args.threads,
+            "seed": args.seed,
+        }
+        ref_bytes = args.queries * size * itemsize
+        run_reference = ref_bytes <= args.max_reference_bytes
+        # Alternate the two methods round by round so that load changes on a shared machine hit both alike.
+        runs: dict[str, list[dict]] = {"ours": [], "reference": []}
+        for _ in range(args.rounds):
+            runs["ours"].append(_measure({**spec, "method": "ours"}, args.timeout))
+            if run_reference:
+                runs["reference"].append(_measure({**spec, "method": "reference"}, args.timeout))
+        ours = _merge_runs(runs["ours"])
+        ours_analytic = min(query_chunk_size, args.queries) * min(chunk_size, size) * itemsize
+        row = {
+            "gallery_size": size,
+            "ours_time_s": min(ours["times_s"]),
+            "ours_cpu_time_s": min(ours["cpu_times_s"]),
+            "ours_times_s": ours["times_s"],
+            "ours_peak_extra_bytes": ours["peak_extra_bytes"],
+            "ours_analytic_bytes": ours_analytic,
+            "reference_analytic_bytes": ref_bytes,
+            "memory_method": ours["memory_method"],
+        }
+        if not run_reference:
+            row["reference_skipped"] = (
+                f"[{args.queries}, {size}] score matrix = {_fmt_bytes(ref_bytes)} > --max-reference-bytes "
+                f"{_fmt_bytes(args.max_reference_bytes)}"
+            )
+            print(f"  reference skipped for N={size}: {row['reference_skipped']}")
+        else:
+            ref = _merge_runs(runs["reference"])
+            mismatched = sum(a != b for a, b in zip(ours["indices"], ref["indices"]))
+            # a differing row is only acceptable as a tie / last-ulp swap: same recomputed scores
+            score_diff = max(
+                (abs(x - y) for a, b in zip(ours["picked_scores"], ref["picked_scores"]) for x, y in zip(a, b)),
+                default=0.0,
+            )
+            row.update(
+                reference_time_s=min(ref["times_s"]),
+                reference_cpu_time_s=min(ref["cpu_times_s"]),
+                reference_times_s=ref["times_s"],
+                reference_peak_extra_bytes=ref["peak_extra_bytes"],
+                ratio_reference_over_ours=min(ref["times_s"]) / min(ours["times_s"]),
+                cpu_ratio_reference_over_ours=min(ref["cpu_times_s"]) / min(ours["cpu_times_s"]),
+                indices_equal=mismatched == 0,
+                mismatched_rows=mismatched,
+                max_picked_score_diff=score_diff,
+            )
+        results.append(row)
+        skipped = "reference_time_s" not in row
+        ref_time = "skipped" if skipped else f"{row['reference_time_s']:.3f}"
+        ratio = "-" if skipped else f"{row['ratio_reference_over_ours']:.2f}x"
+        ref_cpu = "skipped" if skipped else f"{row['reference_cpu_time_s']:.2f}"
+        cpu_ratio = "-" if skipped else f"{row['cpu_ratio_reference_over_ours']:.2f}x"
+        check = "-" if skipped else ("equal" if row["indices_equal"] else f"{row['mismatched_rows']} rows")
+        print(
+            f"{size:>9} {row['ours_time_s']:>8.3f} {ref_time:>8} {ratio:>8} "
+            f"{row['ours_cpu_time_s']:>8.2f} {ref_cpu:>8} {cpu_ratio:>8} "
+            f"{_fmt_bytes(row['ours_peak_extra_bytes']):>15} {_fmt_bytes(row.get('reference_peak_extra_bytes')):>14} "
+            f"{_fmt_bytes(ours_analytic):>14} {_fmt_bytes(ref_bytes):>13} {check:>9}",
+            flush=True,
+        )
+    report = {
+        "benchmark": "chunked_topk vs full matrix + topk",
+        "date": datetime.date.today().isoformat(),
+        "machine": {**_machine(args.device), "loadavg_start": load_start, "loadavg_end": list(os.getloadavg())},
+        "config": {
+            "queries": args.queries,
+            "dim": args.dim,
+            "k": args.k,
+            "dtype": args.dtype,
+            "chunk_size": chunk_size,
+            "query_chunk_size": query_chunk_size,
+            "repeats": args.repeats,
+            "rounds": args.rounds,
+            "worker_threads": args.threads or report_threads_default(),
+            "smoke": args.smoke,
+            "max_reference_bytes": args.max_reference_bytes,
+        },
+        "results": results,
+    }
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {output}")
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,494 @@
+"""Benchmark: training throughput and peak memory of a `DualEncoderModel` step vs transformers' `ChineseCLIPModel`.
+
+Both compute the same function: the reference `ChineseCLIPModel` is built at the preset's tower sizes with a fixed
+seed, ours is made from it with `hf_vlp.convert.chinese_clip_to_dual_encoder`, and their logits and loss are checked
+equal once before anything is timed. Both are trained with the same AdamW, on the same batch (random token ids with
+padded lengths, random pixels), with the same device options.
+
+* **Throughput** (pairs/s): one process, both models, `--rounds` rounds of `--steps` train steps per variant in
+  ABBA order (the machine is shared; see `benchmarks/common.py`); medians and the median per-round ratio.
+* **Peak memory**: each variant in its own subprocess, peak above the post-setup baseline (model, optimizer object
+  and batch resident) over `--memory-steps` steps, so it includes gradients, AdamW state and activations. CPU:
+  process RSS with mmap'd allocations (see `common.PeakMemory`); CUDA: `torch.cuda.max_memory_allocated`. Then
+  the live-tensor peak of one more (steady-state) step, counted op by op (`common.TensorPeak`): exact, so it
+  decides a comparison that the RSS figure (which moves by a MiB between runs) leaves open.
+* **FLOPs / MFU**: FLOPs of one step counted by `FlopCounterMode`; achieved TFLOP/s always, MFU against
+  `--peak-tflops` (default 790 on CUDA).
+* **Price of fusion**: with `--fusion` (default on), the same for a `FusionEncoderForPreTraining` step
+  (ITC + ITM + MLM) at the same tower sizes, against our dual-encoder step.
+
+    python benchmarks/bench_train_step.py                       # CPU, tiny preset sizes, batch 64
+    python benchmarks/bench_train_step.py --smoke               # seconds-long CI run
+    python benchmarks/bench_train_step.py --size base --device cuda --dtype bf16 --compile --batch 256
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+
+if __package__ in (None, ""):  # run as a file: make `benchmarks.common` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import (  # noqa: E402
+    BENCH_DATE,
+    RESULTS_DIR,
+    PeakMemory,
+    TensorPeak,
+    add_device_arguments,
+    autocast,
+    build_optimizer,
+    compile_towers,
+    count_flops,
+    device_settings,
+    fmt_bytes,
+    fmt_ratio,
+    interleaved_rates,
+    machine_info,
+    mfu,
+    print_table,
+    run_worker,
+    set_attention,
+    torch_threads,
+    write_report,
+)
+
+
+__all__ = ["SIZES", "build_models", "build_fusion_model", "make_batch", "main"]
+
+# Tower sizes come from the presets, so "tiny" and "base" are the shapes the package actually ships.
+SIZES: dict[str, dict[str, Any]] = {
+    "tiny": {"preset": "tiny", "fusion_preset": "tiny-fusion", "batch": 64, "seq_len": 32},
+    "base": {
+        "preset": "chinese-clip-vit-base-patch16",
+        "fusion_preset": "albef-base-chinese",
+        "batch": 128,
+        "seq_len": 52,
+    },
+}
+VARIANTS = ("reference", "ours", "fusion")
+FUSION_MODULE = Path(__file__).resolve().parents[1] / "hf_vlp" / "models" / "modeling_fusion_encoder.py"
+
+
+# ---------------------------------------------------------------------------------------------------- models
+
+
+def _tower_dicts(size: str) -> tuple[dict, dict, int]:
+    from hf_vlp.models.presets import preset_config_dict
+
+    config = preset_config_dict(SIZES[size]["preset"])
+    text = {k: v for k, v in config["text_config"].items() if k != "model_type"}
+    vision = {k: v for k, v in config["vision_config"].items() if k != "model_type"}
+    return text, vision, config["projection_dim"]
+
+
+def reference_model(size: str, seed: int):
+    """transformers' `ChineseCLIPModel` with the preset's tower sizes, random weights from `seed`."""
+    import torch
+    from transformers import ChineseCLIPConfig, ChineseCLIPModel
+
+    text, vision, projection_dim = _tower_dicts(size)
+    torch.manual_seed(seed)
+    return ChineseCLIPModel(ChineseCLIPConfig(text_config=text, vision_config=vision, projection_dim=projection_dim))
+
+
+def build_models(size: str, seed: int):
+    """(reference, ours): the reference and our dual encoder converted from it (same weights)."""
+    from hf_vlp.convert import chinese_clip_to_dual_encoder
+
+    reference = reference_model(size, seed)
+    return reference, chinese_clip_to_dual_encoder(reference)
+
+
+def fusion_available() -> bool:
+    """Whether the fusion encoder's model file exists yet (it is written alongside these benchmarks)."""
+    return FUSION_MODULE.exists()
+
+
+def build_fusion_model(size: str, seed: int):
+    """`FusionEncoderForPreTraining` (ALBEF: ITC with momentum queue, ITM with hard negatives, MLM) whose towers are
+    exactly the dual encoder's, so the comparison prices what fusion adds on top of the same towers.
+
+    The fusion part comes from the presets: "tiny-fusion" (2 fusion layers, queue 256) for `tiny`,
+    "albef-base-chinese" (6 fusion layers, queue 65,536) for `base`, whose 6-layer text tower is replaced here
+    by the dual encoder's 12-layer one.
+    """
+    import torch
+
+    from hf_vlp.models.configuration_fusion_encoder import FusionEncoderConfig
+    from hf_vlp.models.modeling_fusion_encoder import FusionEncoderForPreTraining
+
+    text, vision, projection_dim = _tower_dicts(size)
+    config = FusionEncoderConfig.from_preset(
+        SIZES[size]["fusion_preset"],
+        text_config={"model_type": "bert", **text},
+        vision_config={"model_type": "clip_vision_model", **vision},
+        embed_dim=projection_dim,
+    )
+    torch.manual_seed(seed)
+    return FusionEncoderForPreTraining(config)
+
+
+def make_batch(size: str, batch: int, seq_len: int, device: str, seed: int = 0) -> dict:
+    """Random token ids (CLS first, SEP last, lengths between half and all of `seq_len`, zero padding) and
+    pixels, so the attention mask matters as it does on real captions."""
+    import torch
+
+    text, vision, _ = _tower_dicts(size)
+    generator = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(seq_len // 2, seq_len + 1, (batch,), generator=generator)
+    positions = torch.arange(seq_len)[None, :]
+    attention_mask = (positions < lengths[:, None]).long()
+    input_ids = torch.randint(1000, text["vocab_size"], (batch, seq_len), generator=generator)
+    input_ids[:, 0] = 101
+    input_ids[torch.arange(batch), lengths - 1] = 102
+    input_ids = input_ids * attention_mask
+    image = vision["image_size"]
+    pixel_values = torch.randn(batch, 3, image, image, generator=generator)
+    tensors = {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "token_type_ids": torch.zeros_like(input_ids),
+        "pixel_values": pixel_values,
+    }
+    return {key: value.to(device) for key, value in tensors.items()}
+
+
+def check_same_function(reference, ours, batch: dict) -> float:
+    """Assert our converted model gives the reference's logits and loss; return the largest logit difference."""
+    import torch
+
+    reference.eval()
+    ours.eval()
+    with torch.no_grad():
+        expected = reference(**batch, return_loss=True)
+        actual = ours(**batch, return_loss=True)
+    torch.testing.assert_close(actual.logits_per_image, expected.logits_per_image, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(actual.loss, expected.loss, rtol=1e-4, atol=1e-4)
+    return float((actual.logits_per_image - expected.logits_per_image).abs().max())
+
+
+def train_step(model, optimizer, batch: dict, settings: dict) -> None:
+    """One optimisation step: forward with the loss, backward, AdamW update (and ALBEF's momentum update)."""
+    with autocast(settings["device"], settings["dtype"]):
+        loss = model(**batch, return_loss=True).loss
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    momentum_update = getattr(model, "momentum_update", None)
+    if callable(momentum_update):
+        momentum_update()
+
+
+def prepare(model, settings: dict):
+    """Move to the device, set attention and compile as asked, and build the optimizer; train mode."""
+    model.to(settings["device"])
+    set_attention(model, settings["attn_implementation"])
+    if settings["compile"]:
+        compile_towers(model)
+    model.train()
+    return build_optimizer(model, settings["fused_adamw"])
+
+
+def build_variant(variant: str, size: str, seed: int):
+    if variant == "fusion":
+        return build_fusion_model(size, seed)
+    reference, ours = build_models(size, seed)
+    return reference if variant == "reference" else ours
+
+
+def step_flops(model, batch: dict) -> int:
+    """FLOPs of one forward + backward of `model` on `batch` (optimizer excluded, as MFU conventions do)."""
+
+    def run(counted) -> None:
+        counted.train()
+        counted(**batch, return_loss=True).loss.backward()
+
+    return count_flops(model, run)
+
+
+# ---------------------------------------------------------------------------------------------------- workers
+
+
+def _memory_worker(spec: dict) -> dict:
+    """Peak memory of `spec["variant"]`'s train step, in this (fresh) process."""
+    import gc
+
+    import torch
+
+    settings = spec["settings"]
+    if settings["threads"]:
+        torch.set_num_threads(settings["threads"])
+    model = build_variant(spec["variant"], spec["size"], spec["seed"])
+    optimizer = prepare(model, settings)
+    batch = make_batch(spec["size"], spec["batch"], spec["seq_len"], settings["device"], spec["seed"])
+    # Run every code path once before the baseline, so that kernels' code pages (resident, hence in the RSS) and
+    # compiled graphs are not counted as step memory: a step with a throw-away optimizer whose state is then freed.
+    warm_optimizer = build_optimizer(model, settings["fused_adamw"])
+    train_step(model, warm_optimizer, batch, settings)
+    del warm_optimizer
+    model.zero_grad(set_to_none=True)
+    gc.collect()
+    memory = PeakMemory(settings["device"])
+    memory.start()
+    for _ in range(spec["steps"]):
+        train_step(model, optimizer, batch, settings)
+    peak = memory.peak_bytes()
+    file_growth = memory.file_backed_growth()
+    with TensorPeak() as tensors:  # one more, steady-state step: AdamW state exists, gradients were freed
+        train_step(model, optimizer, batch, settings)
+    parameters = sum(p.numel() * p.element_size() for p in model.parameters())
+    return {
+        "peak_bytes": peak,
+        "tensor_peak_bytes": tensors.peak,
+        "parameter_bytes": parameters,
+        "method": memory.method,
+        "file_backed_growth_bytes": file_growth,
+    }
+
+
+# ---------------------------------------------------------------------------------------------------- driver
+
+
+def measure_throughput(args, settings: dict, variants: list[str]) -> dict[str, Any]:
+    """Build every variant in this process, check equality, warm up, and time them interleaved."""
+    reference, ours = build_models(args.size, args.seed)
+    batch = make_batch(args.size, args.batch, args.seq_len, "cpu", args.seed)
+    max_diff = check_same_function(reference, ours, batch)
+    batch = {key: value.to(settings["device"]) for key, value in batch.items()}
+    models = {"reference": reference, "ours": ours}
+    if "fusion" in variants:
+        models["fusion"] = build_fusion_model(args.size, args.seed)
+    flops = {name: step_flops(model.to(settings["device"]), batch) for name, model in models.items()}
+    optimizers = {name: prepare(model, settings) for name, model in models.items()}
+    for name in models:  # warm-up: thread pools, allocator, AdamW state, compilation
+        for _ in range(args.warmup):
+            train_step(models[name], optimizers[name], batch, settings)
+
+    def runner(name: str):
+        def run() -> float:
+            for _ in range(args.steps):
+                train_step(models[name], optimizers[name], batch, settings)
+            return float(args.steps * args.batch)
+
+        return run
+
+    timed = {name: runner(name) for name in models}
+    summary = interleaved_rates(timed, args.rounds, settings["device"], reference="reference")
+    if "fusion" in summary:
+        per_round = [f / o for f, o in zip(summary["fusion"]["rates"], summary["ours"]["rates"])]
+        summary["fusion"]["ratio_to_ours_per_round"] = per_round
+        summary["fusion"]["ratio_to_ours"] = statistics.median(per_round)
+        cpu_per_round = [f / o for f, o in zip(summary["fusion"]["cpu_rates"], summary["ours"]["cpu_rates"])]
+        summary["fusion"]["cpu_ratio_to_ours"] = statistics.median(cpu_per_round)
+    for name, entry in summary.items():
+        entry["flops_per_step"] = flops[name]
+        entry["tflops_per_s"] = flops[name] * entry["median"] / args.batch / 1e12
+        entry["mfu"] = mfu(flops[name] * entry["median"] / args.batch, settings["peak_tflops"])
+    summary["max_logit_diff"] = max_diff
+    return summary
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", default="tiny", choices=sorted(SIZES), help="tower sizes (from the presets)")
+    parser.add_argument("--batch", type=int, default=None, help="pairs per step (default: 64 tiny, 128 base)")
+    parser.add_argument("--seq-len", type=int, default=None, help="text length (default: 32 tiny, 52 base)")
+    parser.add_argument("--steps", type=int, default=5, help="train steps per timed round")
+    parser.add_argument("--rounds", type=int, default=21, help="interleaved timing rounds per variant")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps per variant first")
+    parser.add_argument("--memory-steps", type=int, default=3, help="steps of each peak-memory subprocess")
+    parser.add_argument(
+        "--fusion", action=argparse.BooleanOptionalAction, default=True, help="also measure the fusion step"
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--timeout", type=float, default=1800, help="seconds per memory subprocess")
+    parser.add_argument("--smoke", action="store_true", help="seconds-long CI run: batch 8, 1 step x 2 rounds")
+    parser.add_argument(
+        "--output", default=None, help="JSON result (default benchmarks/results/train_step_<size>.json)"
+    )
+    add_device_arguments(parser)
+    parser.add_argument("--_worker", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args._worker is not None:
+        print(json.dumps(_memory_worker(json.loads(args._worker))))
+        return {}
+
+    args.batch = args.batch or SIZES[args.size]["batch"]
+    args.seq_len = args.seq_len or SIZES[args.size]["seq_len"]
+    if args.smoke:
+        args.batch, args.steps, args.rounds, args.warmup, args.memory_steps = 8, 1, 2, 1, 1
+    if args.output is None:
+        args.output = str(RESULTS_DIR / f"train_step_{args.size}{'_smoke' if args.smoke else ''}.json")
+    settings = device_settings(args)
+    variants = ["reference", "ours"]
+    fusion_note = None
+    if args.fusion:
+        if fusion_available():
+            variants.append("fusion")
+        else:
+            fusion_note = f"skipped: {FUSION_MODULE.name} does not exist yet"
+            print(f"fusion step {fusion_note}")
+
+    print(
+        f"size={args.size} batch={args.batch} seq_len={args.seq_len} device={settings['device']} "
+        f"dtype={settings['dtype']} compile={settings['compile']} fused_adamw={settings['fused_adamw']} "
+        f"attn={settings['attn_implementation']} steps={args.steps} rounds={args.rounds}"
+    )
+    with torch_threads(settings["threads"]):
+        throughput = measure_throughput(args, settings, variants)
+    memory = {}
+    for variant in variants:
+        spec = {
+            "variant": variant,
+            "size": args.size,
+            "batch": args.batch,
+            "seq_len": args.seq_len,
+            "steps": args.memory_steps,
+            "seed": args.seed,
+            "settings": settings,
+        }
+        memory[variant] = run_worker(Path(__file__).resolve(), spec, args.timeout)
+
+    ref, ours = throughput["reference"], throughput["ours"]
+    on_cpu = settings["device"] == "cpu"
+    rows = [
+        [
+            "pairs/s (median)",
+            f"{ref['median']:.1f}",
+            f"{ours['median']:.1f}",
+            fmt_ratio(ours["ratio_to_reference"]),
+            "ours/ref, median of per-round ratios (wall time)",
+        ],
+        [
+            "peak memory",
+            fmt_bytes(memory["reference"]["peak_bytes"]),
+            fmt_bytes(memory["ours"]["peak_bytes"]),
+            fmt_ratio(memory["ours"]["peak_bytes"] / max(memory["reference"]["peak_bytes"], 1)),
+            "RSS / CUDA allocator, steps 1-n incl. AdamW state",
+        ],
+        [
+            "live-tensor peak",
+            fmt_bytes(memory["reference"]["tensor_peak_bytes"]),
+            fmt_bytes(memory["ours"]["tensor_peak_bytes"]),
+            fmt_ratio(memory["ours"]["tensor_peak_bytes"] / max(memory["reference"]["tensor_peak_bytes"], 1)),
+            "steady-state step, op-level count (exact)",
+        ],
+        [
+            "TFLOP/s",
+            f"{ref['tflops_per_s']:.4f}",
+            f"{ours['tflops_per_s']:.4f}",
+            fmt_ratio(ours["tflops_per_s"] / ref["tflops_per_s"]),
+            f"{ours['flops_per_step'] / 1e9:.2f} GFLOP/step",
+        ],
+    ]
+    if on_cpu:
+        rows.insert(
+            1,
+            [
+                "pairs per CPU-s",
+                f"{ref['cpu_median']:.1f}",
+                f"{ours['cpu_median']:.1f}",
+                fmt_ratio(ours["cpu_ratio_to_reference"]),
+                "process CPU time: robust to other jobs",
+            ],
+        )
+    if settings["peak_tflops"]:
+        rows.append(
+            ["MFU", f"{ref['mfu']:.1%}", f"{ours['mfu']:.1%}", "-", f"peak {settings['peak_tflops']:g} TFLOP/s"]
+        )
+    print_table(
+        "Dual-encoder train step: ChineseCLIPModel (reference) vs DualEncoderModel (ours)",
+        ["metric", "reference", "ours", "ratio", "note"],
+        rows,
+    )
+    fusion_row = None
+    if "fusion" in throughput:
+        fusion = throughput["fusion"]
+        fusion_row = {
+            "pairs_per_s": fusion["median"],
+            "ratio_fusion_over_dual": fusion["ratio_to_ours"],
+            "cpu_ratio_fusion_over_dual": fusion["cpu_ratio_to_ours"],
+            "peak_bytes": memory["fusion"]["peak_bytes"],
+            "memory_ratio_fusion_over_dual": memory["fusion"]["peak_bytes"] / max(memory["ours"]["peak_bytes"], 1),
+            "flops_per_step": fusion["flops_per_step"],
+        }
+        print_table(
+            "Price of fusion: our dual-encoder step (reference here) vs FusionEncoderForPreTraining (ITC+ITM+MLM)",
+            ["metric", "dual", "fusion", "fusion/dual"],
+            [
+                [
+                    "pairs/s (median)",
+                    f"{ours['median']:.1f}",
+                    f"{fusion['median']:.1f}",
+                    fmt_ratio(fusion["ratio_to_ours"]),
+                ],
+                *(
+                    [
+                        [
+                            "pairs per CPU-s",
+                            f"{ours['cpu_median']:.1f}",
+                            f"{fusion['cpu_median']:.1f}",
+                            fmt_ratio(fusion["cpu_ratio_to_ours"]),
+                        ]
+                    ]
+                    if on_cpu
+                    else []
+                ),
+                [
+                    "peak memory",
+                    fmt_bytes(memory["ours"]["peak_bytes"]),
+                    fmt_bytes(memory["fusion"]["peak_bytes"]),
+                    fmt_ratio(fusion_row["memory_ratio_fusion_over_dual"]),
+                ],
+                [
+                    "live-tensor peak",
+                    fmt_bytes(memory["ours"]["tensor_peak_bytes"]),
+                    fmt_bytes(memory["fusion"]["tensor_peak_bytes"]),
+                    fmt_ratio(memory["fusion"]["tensor_peak_bytes"] / max(memory["ours"]["tensor_peak_bytes"], 1)),
+                ],
+                [
+                    "GFLOP/step",
+                    f"{ours['flops_per_step'] / 1e9:.2f}",
+                    f"{fusion['flops_per_step'] / 1e9:.2f}",
+                    fmt_ratio(fusion["flops_per_step"] / ours["flops_per_step"]),
+                ],
+            ],
+        )
+    report = {
+        "benchmark": "train step: DualEncoderModel vs ChineseCLIPModel (same weights), and fusion vs dual",
+        "date": BENCH_DATE,
+        "machine": machine_info(settings["device"]),
+        "config": {
+            "size": args.size,
+            "preset": SIZES[args.size]["preset"],
+            "batch": args.batch,
+            "seq_len": args.seq_len,
+            "steps_per_round": args.steps,
+            "rounds": args.rounds,
+            "warmup": args.warmup,
+            "memory_steps": args.memory_steps,
+            "smoke": args.smoke,
+            **settings,
+        },
+        "max_logit_diff": throughput["max_logit_diff"],
+        "reference": {**throughput["reference"], **memory["reference"]},
+        "ours": {**throughput["ours"], **memory["ours"]},
+        "ratio_pairs_per_s": ours["ratio_to_reference"],
+        "ratio_pairs_per_cpu_s": ours["cpu_ratio_to_reference"],
+        "ratio_peak_memory": memory["ours"]["peak_bytes"] / max(memory["reference"]["peak_bytes"], 1),
+        "ratio_tensor_peak": memory["ours"]["tensor_peak_bytes"] / max(memory["reference"]["tensor_peak_bytes"], 1),
+        "fusion": ({**throughput["fusion"], **memory["fusion"], **fusion_row} if fusion_row else fusion_note),
+    }
+    write_report(args.output, report)
+    return report
+
+
+if __name__ == "__main__":
+    main()
