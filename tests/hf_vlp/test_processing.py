@@ -109,3 +109,17 @@ def test_processor_round_trip(tmp_path, tiny_processor):
     assert reloaded.max_length == tiny_processor.max_length
     text = ["左边是一个红色的圆形"]
     assert reloaded(text=text)["input_ids"].tolist() == tiny_processor(text=text)["input_ids"].tolist()
+
+
+def test_images_already_at_the_target_size_are_not_resampled(tiny_processor):
+    from transformers.image_processing_backends import PilBackend
+    from transformers.image_utils import SizeDict
+
+    processor = tiny_processor.image_processor
+    rng = np.random.default_rng(0)
+    array = rng.integers(0, 256, (3, 64, 64), dtype=np.uint8)
+    size = SizeDict(height=64, width=64)
+    assert processor.resize(array, size, resample=processor.resample) is array  # the shortcut
+    # ...which is exactly what resampling to the same size gives
+    assert np.array_equal(PilBackend.resize(processor, array, size, resample=processor.resample), array)
+    assert processor.resize(array, SizeDict(height=32, width=32), resample=processor.resample).shape == (3, 32, 32)
