@@ -20,6 +20,7 @@ __all__ = [
     "hard_negative_weights",
     "mask_tokens",
     "masked_lm_loss",
+    "masked_token_index",
     "negative_exclusion_mask",
     "ring_buffer_enqueue_",
     "sample_hard_negatives",
@@ -129,6 +130,15 @@ def soft_target_loss(
     return (per_row * valid).sum() / valid.sum().clamp(min=1)
 
 
+def masked_token_index(labels: torch.Tensor) -> torch.Tensor:
+    """Flat indices (into `labels.flatten()`, row-major) of the masked tokens, i.e. where labels != -100.
+
+    Gather the fused states there (`states.flatten(0, -2).index_select(0, index)`) before the MLM head, so that
+    only the masked ~15% of the tokens are projected to the vocabulary. One host sync (the count is data-dependent).
+    """
+    return (labels.flatten() != IGNORE_INDEX).nonzero().squeeze(1)
+
+
 def masked_lm_loss(
     logits: torch.Tensor, labels: torch.Tensor, soft_targets: torch.Tensor | None = None, alpha: float = 0.0
 ) -> torch.Tensor:
@@ -137,14 +147,18 @@ def masked_lm_loss(
     With `soft_targets` (the momentum model's token distributions, same shape as `logits`) the target of each
     masked token is `distillation_targets(soft, one_hot(label), alpha)`, i.e. ALBEF's
     `(1 - alpha) * CE + alpha * soft CE`. A batch with no masked token gives 0 (not NaN).
+
+    `logits` may cover every position (`(..., V)` with -100 labels where nothing is masked) or, as the fusion model
+    passes them, only the masked positions (`(N, V)` logits, `(N,)` labels, see `masked_token_index`); the value is
+    the same. No one-hot or other vocabulary-sized target is built: the hard term is a gather of the log-softmax.
     """
     selected = labels != IGNORE_INDEX
-    picked = logits[selected]
-    targets = F.one_hot(labels[selected], num_classes=logits.shape[-1]).to(torch.float32)
+    log_probs = F.log_softmax(logits.float(), dim=-1)
+    per_token = -log_probs.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
     if soft_targets is not None and alpha > 0:
-        targets = distillation_targets(soft_targets[selected].float(), targets, alpha)
-    per_token = -(targets * F.log_softmax(picked.float(), dim=-1)).sum(dim=-1)
-    return per_token.sum() / selected.sum().clamp(min=1)
+        soft_ce = -(soft_targets.float() * log_probs).sum(dim=-1)
+        per_token = (1.0 - alpha) * per_token + alpha * soft_ce
+    return per_token.masked_fill(~selected, 0.0).sum() / selected.sum().clamp(min=1)
 
 
 def feature_distillation_loss(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:

@@ -44,6 +44,7 @@ from .fusion_objectives import (
     hard_negative_weights,
     mask_tokens,
     masked_lm_loss,
+    masked_token_index,
     negative_exclusion_mask,
     ring_buffer_enqueue_,
     sample_hard_negatives,
@@ -131,7 +132,8 @@ class FusionEncoderForPreTrainingOutput(ModelOutput):
             queue and momentum distillation when enabled).
         itm_loss (`torch.FloatTensor`, *optional*): image-text matching cross-entropy, averaged over the cross
             encoders, on B positives and up to 2B in-batch hard negatives.
-        mlm_loss (`torch.FloatTensor`, *optional*): masked language modelling conditioned on the image.
+        mlm_loss (`torch.FloatTensor`, *optional*): masked language modelling conditioned on the image. The MLM
+            heads (online and momentum) only run on the masked tokens, so no MLM logits are returned.
         target_distill_loss (`torch.FloatTensor`, *optional*): ITM soft cross-entropy against the momentum model.
         feature_distill_loss (`torch.FloatTensor`, *optional*): 1 - cosine of fused features to the momentum model's.
         logits_per_image (`torch.FloatTensor` of shape `(batch, batch)`): scaled in-batch contrastive similarity.
@@ -857,6 +859,9 @@ class FusionEncoderForPreTraining(FusionEncoderForRetrieval):
             )
             student = self.cross_encode(image, masked_text, image_stream=config.feature_distill_weight > 0)
             if config.mlm_weight > 0:
+                # Only the masked tokens (~mlm_probability of them) reach the vocabulary projection, online and
+                # momentum: same loss and gradients as scoring every position, a fraction of the FLOPs and memory.
+                index = masked_token_index(mlm_labels)
                 soft_targets = None
                 if alpha > 0:
                     with torch.no_grad():
@@ -867,9 +872,12 @@ class FusionEncoderForPreTraining(FusionEncoderForRetrieval):
                             attention_mask,
                         )
                         fused_m = self.cross_encode(image_m, masked_text_m, momentum=True, image_stream=False)
-                        soft_targets = self.mlm_head_m(fused_m.text_hidden_state).softmax(-1)
+                        soft_targets = self.mlm_head_m(_gather_tokens(fused_m.text_hidden_state, index)).softmax(-1)
                 losses["mlm_loss"] = masked_lm_loss(
-                    self.mlm_head(student.text_hidden_state), mlm_labels, soft_targets, alpha
+                    self.mlm_head(_gather_tokens(student.text_hidden_state, index)),
+                    mlm_labels.flatten().index_select(0, index),
+                    soft_targets,
+                    alpha,
                 )
             if config.feature_distill_weight > 0:
                 if teacher_positive is None:
@@ -903,6 +911,11 @@ class FusionEncoderForPreTraining(FusionEncoderForRetrieval):
         )
         use_return_dict = return_dict if return_dict is not None else config.return_dict
         return output if use_return_dict else output.to_tuple()
+
+
+def _gather_tokens(states: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """`(N, hidden)` rows of `(batch, tokens, hidden)` states at flat token indices (see `masked_token_index`)."""
+    return states.flatten(0, 1).index_select(0, index)
 
 
 def _per_encoder_logits(output: CrossEncoderOutput) -> list[torch.Tensor]:

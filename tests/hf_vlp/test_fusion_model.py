@@ -24,6 +24,7 @@ from hf_vlp import (
     VLPProcessor,
     build_chinese_tokenizer,
 )
+from hf_vlp.models import modeling_fusion_encoder
 from hf_vlp.models.fusion_layers import FusionLayer
 from hf_vlp.retrieval import chunked_topk, rerank_topk
 
@@ -153,6 +154,62 @@ def test_terms_switched_off_are_not_computed():
     out = model(**batch())
     assert out.itc_loss is None and torch.equal(out.loss, out.mlm_loss)
     assert not hasattr(model, "text_model_m") and not hasattr(model, "image_queue")
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.4])
+def test_mlm_heads_run_on_masked_tokens_only_with_the_full_position_loss_and_gradients(monkeypatch, alpha):
+    """The MLM heads see only the masked tokens; the loss and its gradients equal scoring every position (the
+    former implementation, written out here) on the same fused states, distillation mixing included."""
+    model = model_for(itc_weight=0.0, itm_weight=0.0, mlm_probability=0.5).train()
+    with torch.no_grad():  # a momentum model that differs from the online one, so the soft targets matter
+        for param in model.momentum_parameters():
+            param.add_(0.05 * torch.randn_like(param))
+    recorded = {}
+    mask_tokens, cross_encode = modeling_fusion_encoder.mask_tokens, model.cross_encode
+
+    def recording_mask_tokens(*args, **kwargs):
+        recorded["masked_ids"], recorded["labels"] = mask_tokens(*args, **kwargs)
+        return recorded["masked_ids"], recorded["labels"]
+
+    def recording_cross_encode(*args, momentum=False, **kwargs):
+        out = cross_encode(*args, momentum=momentum, **kwargs)
+        recorded["momentum" if momentum else "online"] = out.text_hidden_state
+        return out
+
+    monkeypatch.setattr(modeling_fusion_encoder, "mask_tokens", recording_mask_tokens)
+    monkeypatch.setattr(model, "cross_encode", recording_cross_encode)
+    head_rows = []
+    for head in (model.mlm_head, model.mlm_head_m):
+        head.register_forward_hook(lambda module, args, output: head_rows.append(output.shape[:-1]))
+    out = model(**batch(), alpha=alpha)
+    assert torch.equal(out.loss, out.mlm_loss)
+
+    labels = recorded["labels"]
+    selected = labels != -100
+    count = int(selected.sum())
+    assert 0 < count < labels.numel()
+    assert head_rows == [(count,)] * (2 if alpha > 0 else 1)  # (momentum then) online head: masked rows only
+    logits = model.mlm_head(recorded["online"])  # every position, as before
+    assert logits.shape == (*labels.shape, model.config.text_config.vocab_size)
+    targets = torch.nn.functional.one_hot(labels[selected], logits.shape[-1]).float()
+    if alpha > 0:
+        with torch.no_grad():
+            soft = model.mlm_head_m(recorded["momentum"]).softmax(-1)
+        targets = alpha * soft[selected] + (1 - alpha) * targets
+    reference = -(targets * logits[selected].log_softmax(-1)).sum(-1).sum() / count
+    torch.testing.assert_close(out.mlm_loss, reference, rtol=1e-5, atol=1e-6)
+
+    params = [param for param in model.parameters() if param.requires_grad]
+    ours = torch.autograd.grad(out.mlm_loss, params, retain_graph=True, allow_unused=True)
+    theirs = torch.autograd.grad(reference, params, allow_unused=True)
+    assert sum(grad is not None for grad in ours) > 0
+    for name, a, b in zip([n for n, p in model.named_parameters() if p.requires_grad], ours, theirs):
+        assert (a is None) == (b is None), name
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7, msg=name)
+    # The tied decoder is still the word embedding, online and momentum.
+    assert model.mlm_head.decoder.weight is model.text_model.get_input_embeddings().weight
+    assert model.mlm_head_m.decoder.weight is model.text_model_m.get_input_embeddings().weight
 
 
 def test_itm_ignores_negatives_of_rows_whose_batch_is_all_one_image():

@@ -12,6 +12,7 @@ from hf_vlp.models.fusion_objectives import (
     hard_negative_weights,
     mask_tokens,
     masked_lm_loss,
+    masked_token_index,
     negative_exclusion_mask,
     ring_buffer_enqueue_,
     sample_hard_negatives,
@@ -167,6 +168,28 @@ def test_masked_lm_loss_is_alpha_mix_of_hard_and_soft_cross_entropy():
     nothing_masked = masked_lm_loss(logits.requires_grad_(), torch.full((1, 2), -100))
     assert nothing_masked.item() == 0.0
     nothing_masked.backward()  # still part of the graph: a batch without masked tokens does not break DDP
+
+
+def test_masked_lm_loss_on_gathered_masked_tokens_equals_the_full_position_loss():
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 5, 11, generator=generator, requires_grad=True)
+    soft = torch.randn(3, 5, 11, generator=generator).softmax(-1)
+    labels = torch.full((3, 5), -100)
+    labels[0, 1], labels[1, 4], labels[2, 0], labels[2, 3] = 7, 0, 10, 2
+    index = masked_token_index(labels)
+    assert index.tolist() == [1, 9, 10, 13]  # row-major, like boolean indexing
+    for alpha in (0.0, 0.4, 1.0):
+        full = masked_lm_loss(logits, labels, soft, alpha)
+        picked = masked_lm_loss(logits.flatten(0, 1)[index], labels.flatten()[index], soft.flatten(0, 1)[index], alpha)
+        torch.testing.assert_close(picked, full)
+        # ALBEF's formulation: soft cross-entropy against the alpha-mixed one-hot target
+        selected = labels != -100
+        target = alpha * soft[selected] + (1 - alpha) * torch.nn.functional.one_hot(labels[selected], 11).float()
+        reference = -(target * logits[selected].log_softmax(-1)).sum(-1).mean()
+        torch.testing.assert_close(full, reference)
+        grads = [torch.autograd.grad(loss, logits)[0] for loss in (picked, reference)]
+        torch.testing.assert_close(*grads)
+    assert masked_token_index(torch.full((2, 3), -100)).numel() == 0
 
 
 def test_soft_target_loss_ignores_invalid_rows():
