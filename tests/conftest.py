@@ -25,30 +25,10 @@ def tiny_processor():
 
 @pytest.fixture
 def tiny_dual_config():
-    """A small dual-encoder config (2 layers, width 32) for fast unit tests."""
-    from hf_vlp import DualEncoderConfig
+    """A small dual-encoder config (2 layers, width 32, 32px images, no dropout) for fast unit tests."""
+    from tests.trainers.helpers import small_config
 
-    text = {
-        "model_type": "bert",
-        "vocab_size": 7581,
-        "hidden_size": 32,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "intermediate_size": 37,
-        "max_position_embeddings": 64,
-        "hidden_dropout_prob": 0.0,
-        "attention_probs_dropout_prob": 0.0,
-    }
-    vision = {
-        "model_type": "clip_vision_model",
-        "hidden_size": 32,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "intermediate_size": 37,
-        "image_size": 32,
-        "patch_size": 8,
-    }
-    return DualEncoderConfig(text_config=text, vision_config=vision, projection_dim=16)
+    return small_config()
 
 
 @pytest.fixture(scope="session")
