@@ -206,7 +206,13 @@ class ModelArguments:
             "'{\"lock_vision\": true}' for locked-image tuning)."
         },
     )
-    max_length: int | None = field(default=None, metadata={"help": "Text length cap (default: the processor's)."})
+    max_length: int | None = field(
+        default=None,
+        metadata={
+            "help": "Text length in tokens (default: the processor's, 52 for a new model, capped at the text tower's "
+            "positions; a longer value is refused)."
+        },
+    )
     revision: str | None = field(default=None, metadata={"help": "Hub revision of --model / towers / tokenizer."})
     trust_remote_code: bool = field(
         default=False, metadata={"help": "Allow Hub custom code of models that hf-vlp does not register itself."}
