@@ -268,9 +268,31 @@ class VLPTrainer(Trainer):
         return float(value.item())
 
     # ------------------------------------------------------------------------------------------ data
+    def _training_collator(self) -> Any:
+        """The collator of the training loader: with `train_augmentation`, the collator in training mode."""
+        if not self.args.train_augmentation:
+            return self.data_collator
+        if not isinstance(self.data_collator, ImageTextCollator):
+            raise ValueError(
+                f"train_augmentation needs the trainer's ImageTextCollator, got {type(self.data_collator).__name__}: "
+                "pass ImageTextCollator(processor, train=True) yourself, or drop train_augmentation"
+            )
+        minimum = self.args.train_crop_min_scale
+        return self.data_collator.for_training(crop_scale=None if minimum is None else (minimum, 1.0))
+
     def get_train_dataloader(self) -> DataLoader:
         """A streaming dataset that splits its shards across ranks itself bypasses `accelerator.prepare`, which
-        would otherwise read everything on rank 0 and dispatch it, or make every rank read all shards."""
+        would otherwise read everything on rank 0 and dispatch it, or make every rank read all shards.
+
+        With `train_augmentation`, only this loader uses the collator's training mode."""
+        collator = self.data_collator
+        self.data_collator = self._training_collator()
+        try:
+            return self._train_dataloader()
+        finally:
+            self.data_collator = collator
+
+    def _train_dataloader(self) -> DataLoader:
         dataset = self.train_dataset
         if (
             isinstance(dataset, IterableDataset)
