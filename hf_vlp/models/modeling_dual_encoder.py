@@ -24,8 +24,10 @@ from .contrastive import (
     distributed_rank_and_world,
     gather_with_grad,
     image_text_contrastive_loss,
+    sigmoid_contrastive_loss,
     token_wise_similarity,
 )
+from .patch_dropout import attach_patch_dropout
 from .towers import (
     build_tower,
     load_tower,
@@ -264,11 +266,22 @@ class DualEncoderModel(VLPPreTrainedModel):
         self.text_projection = nn.Linear(text_dim, config.projection_dim, bias=False)
         self.visual_projection = nn.Linear(vision_dim, config.projection_dim, bias=False)
         self.logit_scale = nn.Parameter(torch.tensor(config.logit_scale_init_value))
+        # SigLIP's learned bias of the sigmoid loss; no weight decay (like logit_scale).
+        self.logit_bias = (
+            nn.Parameter(torch.tensor(config.logit_bias_init_value)) if config.contrastive_loss == "sigmoid" else None
+        )
+        if config.vision_patch_dropout:
+            attach_patch_dropout(self.vision_model, config)
         if config.similarity == "token_wise" and config.token_reduction == "learned":
             self.image_token_reducer = TokenReducer(config.projection_dim, config.image_tokens_kept)
             self.text_token_reducer = TokenReducer(config.projection_dim, config.text_tokens_kept)
         self.post_init()
         self.apply_locks()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if module is self and self.logit_bias is not None:
+            init.constant_(self.logit_bias, self.config.logit_bias_init_value)
 
     # ---------------------------------------------------------------- trainability (LiT)
     def apply_locks(self) -> None:
@@ -408,6 +421,10 @@ class DualEncoderModel(VLPPreTrainedModel):
         sim_i2t, sim_t2i = self.similarity(image, text)
         logits_per_image = logit_scale * sim_i2t
         logits_per_text = logit_scale * sim_t2i.t()
+        if self.logit_bias is not None:
+            # As SiglipModel: with the sigmoid loss, sigmoid(logits) is the model's match probability of a pair.
+            logits_per_image = logits_per_image + self.logit_bias
+            logits_per_text = logits_per_text + self.logit_bias
 
         loss = None
         if return_loss:
@@ -433,7 +450,8 @@ class DualEncoderModel(VLPPreTrainedModel):
         logit_scale: torch.Tensor,
         image_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Symmetric InfoNCE of the local batch against the keys of every rank (one rank: the batch itself)."""
+        """The configured loss (symmetric InfoNCE, or SigLIP's sigmoid loss) of the local batch against the keys of
+        every rank (one rank: the batch itself)."""
         rank, world = distributed_rank_and_world()
         if world == 1 or not self.config.gather_distributed:
             all_image, all_text, offset, all_ids = image, text, 0, image_ids
@@ -448,6 +466,14 @@ class DualEncoderModel(VLPPreTrainedModel):
         else:
             i2t, _ = self.similarity(image, all_text)
             _, t2i = self.similarity(all_image, text)
+        if self.logit_bias is not None:
+            return sigmoid_contrastive_loss(
+                logit_scale * i2t + self.logit_bias,
+                logit_scale * t2i.t() + self.logit_bias,
+                offset,
+                image_ids,
+                all_ids,
+            )
         return image_text_contrastive_loss(logit_scale * i2t, logit_scale * t2i.t(), offset, image_ids, all_ids)
 
 
