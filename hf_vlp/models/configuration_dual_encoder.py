@@ -66,8 +66,12 @@ class DualEncoderConfig(PreTrainedConfig):
             softmax loss, SigLIP's log(10) with the sigmoid loss.
         logit_scale_max (`float`, *optional*, defaults to 100.0):
             Upper bound of `exp(logit_scale)`, as CLIP clamps it, so training cannot make the softmax degenerate.
-        text_pooling (`str`, *optional*, defaults to `"cls"`):
-            `"cls"` (first token, as Chinese-CLIP) or `"mean"` (mean over non-padding tokens).
+        text_pooling (`str`, *optional*, defaults to `"mean"`):
+            `"mean"` (mean over non-padding tokens) or `"cls"` (first token, as Chinese-CLIP, whose conversions and
+            presets set it). Mean is the default for new models: at initialisation a BERT's first-token states of
+            different captions are nearly identical (pairwise cosine 0.999 against 0.885 for the mean), and a
+            fresh model pooled that way stays on the ln(batch) loss plateau much longer
+            (`benchmarks/bench_quality.py`, row `text_cls_pooling`).
         vision_pooling (`str`, *optional*, defaults to `"auto"`):
             `"pooler"` (the tower's own `pooler_output`, falling back to the first token when it has none),
             `"cls"`, `"mean"`, or `"auto"`: the tower's pooler unless it is a dense + tanh classification head
@@ -129,7 +133,7 @@ class DualEncoderConfig(PreTrainedConfig):
         projection_dim: int = 512,
         logit_scale_init_value: float | None = None,
         logit_scale_max: float = 100.0,
-        text_pooling: str = "cls",
+        text_pooling: str = "mean",
         vision_pooling: str = "auto",
         similarity: str = "global",
         token_reduction: str = "none",
