@@ -36,7 +36,7 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import REPO_ROOT, RESULTS_DIR, fmt_ratio, machine_info, print_table, write_report
+from benchmarks.common import BENCH_DATE, REPO_ROOT, RESULTS_DIR, fmt_ratio, machine_info, print_table, write_report
 from benchmarks.real_data import build_real_data
 
 
@@ -259,7 +259,7 @@ def _row_arguments(name: str, workdir: Path) -> list[str]:
     ]
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--batch", type=int, default=64)
@@ -302,7 +302,10 @@ def main(argv: list[str] | None = None) -> int:
     (workdir / "fusion_config.json").write_text(json.dumps(fusion_config(config), indent=2))
     chance = 100.0 * sum(min(k, data.stats["eval_images"]) for k in (1, 5, 10)) / 3 / data.stats["eval_images"]
     report: dict[str, Any] = {
-        "command": shlex.join([sys.executable, *sys.argv]),
+        "date": BENCH_DATE,
+        "command": shlex.join(
+            ["python", "benchmarks/bench_quality.py", *(argv if argv is not None else sys.argv[1:])]
+        ),
         "machine": machine_info("cpu"),
         "data": data.stats,
         "settings": {k: v for k, v in vars(args).items() if k != "output"},
@@ -356,9 +359,10 @@ def main(argv: list[str] | None = None) -> int:
         rows,
     )
     write_report(args.output, report)
-    return 0 if all(math.isfinite(r["metrics"]["eval_mean_recall"]) for r in report["rows"].values()) else 1
+    return report
 
 
 if __name__ == "__main__":
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    sys.exit(main())
+    rows = main()["rows"].values()
+    sys.exit(0 if all(math.isfinite(row["metrics"]["eval_mean_recall"]) for row in rows) else 1)

@@ -83,3 +83,17 @@ def test_fresh_model_leaves_the_loss_plateau_on_real_data(real_data, tmp_path):
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     assert losses[0] == pytest.approx(math.log(batch), abs=0.3)
     assert sum(losses[-8:]) / 8 < 0.85 * math.log(batch)
+
+
+@pytest.mark.slow
+def test_bench_quality_smoke(real_data, tmp_path):
+    """The quality benchmark end to end at toy size: the reference loop, `hf-vlp pretrain` / `evaluate` through the
+    CLI, the report the README table is built from (numbers at this size mean nothing)."""
+    from benchmarks import bench_quality
+
+    report = bench_quality.main(["--smoke", "--workdir", str(tmp_path / "work"), "--output", str(tmp_path / "q.json")])
+    assert report == json.loads((tmp_path / "q.json").read_text())
+    for name in ("reference", "ours"):
+        row = report["rows"][name]
+        assert 0 <= row["metrics"]["eval_mean_recall"] <= 100 and row["seconds_per_epoch"] > 0
+    assert report["data"]["eval_images"] == real_data.stats["eval_images"]
