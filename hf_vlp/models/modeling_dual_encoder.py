@@ -18,6 +18,7 @@ from transformers import AutoConfig, PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils import ModelOutput
+from transformers.utils.generic import can_return_tuple
 
 from .configuration_dual_encoder import DualEncoderConfig
 from .contrastive import image_text_contrastive_loss, sigmoid_contrastive_loss, token_wise_similarity
@@ -285,6 +286,7 @@ class DualEncoderModel(VLPPreTrainedModel):
         return self
 
     # ---------------------------------------------------------------- features
+    @can_return_tuple
     def get_text_features(
         self,
         input_ids: torch.Tensor,
@@ -292,8 +294,9 @@ class DualEncoderModel(VLPPreTrainedModel):
         token_type_ids: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         **kwargs,
-    ) -> BaseModelOutputWithPooling:
-        """Text tower output whose `pooler_output` is the projected (unnormalised) text embedding."""
+    ) -> BaseModelOutputWithPooling | tuple:
+        """Text tower output whose `pooler_output` is the projected (unnormalised) text embedding (a tuple with
+        `return_dict=False` or `config.return_dict=False`, as CLIP)."""
         return text_tower_features(
             self.text_model,
             self.text_projection,
@@ -305,8 +308,10 @@ class DualEncoderModel(VLPPreTrainedModel):
             **kwargs,
         )
 
-    def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling:
-        """Vision tower output whose `pooler_output` is the projected (unnormalised) image embedding."""
+    @can_return_tuple
+    def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling | tuple:
+        """Vision tower output whose `pooler_output` is the projected (unnormalised) image embedding (a tuple with
+        `return_dict=False` or `config.return_dict=False`, as CLIP)."""
         return vision_tower_features(
             self.vision_model, self.visual_projection, self.config.vision_pooling, pixel_values, **kwargs
         )
@@ -336,12 +341,13 @@ class DualEncoderModel(VLPPreTrainedModel):
         **kwargs,
     ) -> RetrievalEmbeddings:
         """Normalised text embeddings (and token embeddings for token-wise similarity) for retrieval."""
-        features = self.get_text_features(input_ids, attention_mask, token_type_ids, **kwargs)
+        features = self.get_text_features(input_ids, attention_mask, token_type_ids, return_dict=True, **kwargs)
         return self._retrieval_embeddings(features, attention_mask, is_image=False)
 
     def encode_image(self, pixel_values: torch.Tensor, **kwargs) -> RetrievalEmbeddings:
         """Normalised image embeddings (and token embeddings for token-wise similarity) for retrieval."""
-        return self._retrieval_embeddings(self.get_image_features(pixel_values, **kwargs), None, is_image=True)
+        features = self.get_image_features(pixel_values, return_dict=True, **kwargs)
+        return self._retrieval_embeddings(features, None, is_image=True)
 
     def similarity(self, image: RetrievalEmbeddings, text: RetrievalEmbeddings) -> tuple[torch.Tensor, torch.Tensor]:
         """Unscaled similarity of every image with every text: `(sim_i2t, sim_t2i)`, both (images, texts).
@@ -389,9 +395,9 @@ class DualEncoderModel(VLPPreTrainedModel):
         # backward temporaries) and the vision tower last, after the text activations are freed, lowers the
         # peak memory of a train step (by 7-9% at the tiny preset's sizes, to ChineseCLIPModel's, which runs the
         # towers in this order; see benchmarks/bench_train_step.py).
-        image_features = self.get_image_features(pixel_values, **tower_kwargs)
+        image_features = self.get_image_features(pixel_values, return_dict=True, **tower_kwargs)
         text_features = self.get_text_features(
-            input_ids, attention_mask, token_type_ids, position_ids=position_ids, **tower_kwargs
+            input_ids, attention_mask, token_type_ids, position_ids=position_ids, return_dict=True, **tower_kwargs
         )
         text = self._retrieval_embeddings(text_features, attention_mask, is_image=False)
         image = self._retrieval_embeddings(image_features, None, is_image=True)
