@@ -184,9 +184,12 @@ def test_real_size_vit_b16_conversion_matches_reference(tmp_path):
     """ViT-B-16 + RoBERTa-wwm-ext-base at full size and resolution: embeddings within 1e-5, logits equal."""
     from transformers import AutoModel, AutoProcessor
 
+    from trainers.cli import main
+
     reference = _reference("ViT-B-16", BASE_TEXT)
     _save_like_trainer(reference, tmp_path / "epoch_latest.pt")
-    convert_chinese_clip_checkpoint(tmp_path / "epoch_latest.pt", tmp_path / "out", "ViT-B-16", BASE_TEXT)
+    argv = ["convert", str(tmp_path / "epoch_latest.pt"), str(tmp_path / "out"), "--vision-model", "ViT-B-16"]
+    assert main([*argv, "--text-model", BASE_TEXT]) == 0
     model = AutoModel.from_pretrained(tmp_path / "out").eval()
     processor = AutoProcessor.from_pretrained(tmp_path / "out")
     assert len(processor.tokenizer) == 21128 and processor.max_length == 52
@@ -224,3 +227,21 @@ def test_non_checkpoint_file_is_refused(tmp_path):
         load_chinese_clip_state_dict(tmp_path / "notes.pt")
     with pytest.raises(ConversionError, match="does not exist"):
         load_chinese_clip_state_dict(tmp_path / "missing.pt")
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ([], "needs --vision-model and --text-model"),
+        (["--vision-model", "RN50", "--text-model", "RBT3-chinese"], "RN50 is a ResNet"),
+        (["--vision-model", "ViT-B-32", "--text-model", "RBT3-chinese"], "does not match the named"),
+    ],
+)
+def test_convert_command_refuses_in_one_line(extra, message, tmp_path, capsys):
+    from trainers.cli import main
+
+    reference, _ = _reduced("ViT-B-32", "RBT3-chinese")
+    _save_like_trainer(reference, tmp_path / "epoch1.pt")
+    assert main(["convert", str(tmp_path / "epoch1.pt"), str(tmp_path / "out"), *extra]) == 1
+    error = capsys.readouterr().err
+    assert message in error and error.count("\n") == 1
