@@ -20,6 +20,7 @@ from hf_vlp.convert import (
     convert_chinese_clip_checkpoint,
     load_chinese_clip_state_dict,
     map_chinese_clip_state_dict,
+    save_chinese_clip_checkpoint,
 )
 from tests.hf_vlp.cn_clip_reference import import_cn_clip
 
@@ -164,6 +165,18 @@ def test_reduced_depth_conversion_matches_reference(vision, text, tmp_path):
     state = map_chinese_clip_state_dict(load_chinese_clip_state_dict(tmp_path / "epoch_latest.pt"), config)
     model = DualEncoderModel.from_pretrained(None, config=config, state_dict=state).eval()
     _assert_same_outputs(reference, model, config.vision_config.image_size, ["一只猫", "海边的城市，2024年"])
+
+
+def test_converted_model_saves_back_to_the_same_chinese_clip_checkpoint(tmp_path):
+    reference, config = _reduced("ViT-B-16", "RBT3-chinese", layers=2)
+    state = map_chinese_clip_state_dict(reference.state_dict(), config)
+    model = DualEncoderModel.from_pretrained(None, config=config, state_dict=state)
+    save_chinese_clip_checkpoint(model, tmp_path / "epoch_latest.pt")
+    saved = torch.load(tmp_path / "epoch_latest.pt", weights_only=True)
+    assert set(saved) == {"epoch", "step", "name", "state_dict"}
+    original = {"module." + key: value for key, value in reference.state_dict().items() if "bert.pooler" not in key}
+    assert saved["state_dict"].keys() == original.keys()
+    assert all(torch.equal(saved["state_dict"][key], value) for key, value in original.items())
 
 
 def test_fp16_checkpoint_converts_to_float32(tmp_path):
