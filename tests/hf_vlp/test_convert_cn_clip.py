@@ -138,6 +138,29 @@ def test_processor_tokenises_like_cn_clip():
         assert ours[index].tolist() == reference[index].tolist(), sentence
 
 
+def test_bert_base_chinese_tokenizer_has_cn_clips_vocabulary():
+    from hf_vlp import build_chinese_tokenizer
+
+    cn_clip = import_cn_clip()
+    tokenizer = build_chinese_tokenizer("bert-base-chinese")
+    assert len(tokenizer) == 21128 and tokenizer.get_vocab() == dict(cn_clip._tokenizer.vocab)
+    assert len(build_chinese_tokenizer()) < 21128  # the GB2312 builtin stays the default
+    with pytest.raises(ValueError, match="bert-base-chinese"):
+        build_chinese_tokenizer("bert-base-uncased")
+
+
+def test_missing_cn_clip_is_one_message_naming_the_install(monkeypatch):
+    from hf_vlp import build_chinese_tokenizer, cn_clip_assets
+
+    monkeypatch.setattr(cn_clip_assets, "_installed_root", lambda: None)
+    for call in (
+        lambda: build_chinese_tokenizer("bert-base-chinese"),
+        lambda: chinese_clip_checkpoint_config("a", "b"),
+    ):
+        with pytest.raises(cn_clip_assets.CnClipNotInstalledError, match="pip install --no-deps cn-clip"):
+            call()
+
+
 # ------------------------------------------------------------------------------------------------ architectures
 @pytest.mark.parametrize("vision", [name for name in cn_clip_model_names()[0] if name.startswith("ViT")])
 @pytest.mark.parametrize("text", cn_clip_model_names()[1])
