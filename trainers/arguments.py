@@ -291,6 +291,27 @@ class DataArguments:
     label_column: str | None = field(
         default="label", metadata={"help": "Class label column of the eval set, for zero-shot classification."}
     )
+    zero_shot_classes: str | None = field(
+        default=None,
+        metadata={
+            "help": "Zero-shot class names, in label-index order (JSON list or TXT, one per line); eval labels are "
+            "then class names or indices into them. Default: the eval set's distinct labels."
+        },
+    )
+    zero_shot_templates: str | None = field(
+        default=None,
+        metadata={
+            "help": "Zero-shot prompt templates with '{}' for the class name (JSON list or TXT, one per line); each "
+            "class is the normalised mean of its templates' embeddings (Chinese-CLIP / ELEVATER ensembles)."
+        },
+    )
+    zero_shot_preset: str | None = field(
+        default=None,
+        metadata={
+            "help": "Class names and templates of a benchmark: 'imagenet-zh' (Chinese-CLIP's 1,000 Chinese "
+            "ImageNet names and its templates, read from the installed cn-clip). Files given override its parts."
+        },
+    )
     caption_strategy: str = field(
         default="sample",
         metadata={"help": "Images with several captions: 'sample' one per epoch, 'first', or 'explode' into pairs."},

@@ -114,3 +114,6 @@ register_subcommand(
     "finetune", "trainers.cli.finetune:finetune_main", "Adapt a pre-trained model to a domain with LoRA."
 )
 register_subcommand("push", "trainers.cli.push:push_main", "Publish a saved model or adapter folder to the Hub.")
+register_subcommand(
+    "calibrate", "trainers.cli.calibrate:calibrate_main", "Fit a model's match probability (匹配概率)."
+)
