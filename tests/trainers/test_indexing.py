@@ -277,8 +277,8 @@ def _clustered(num, dim, clusters, seed, latent=8):
 
 
 # Floors of recall@10 against exact search on this clustered set (5k x 32, 20 clusters), raw faiss and after VLPIndex
-# re-scores the candidates with the stored embeddings; measured 0.98 / 0.98 (HNSW32) and 0.35 / 0.71 (IVF32,PQ8x4: 4 bytes a vector), kept below so that faiss versions and
-# thread counts do not flake the test.
+# re-scores the candidates with the stored embeddings. Measured 0.98 / 0.98 (HNSW32) and 0.35 / 0.71 (IVF32,PQ8x4:
+# 4 bytes a vector); the floors sit below so that faiss versions and thread counts do not flake the test.
 RECALL_FLOORS = {"hnsw": 0.9, "ivfpq": 0.25}
 REFINED_FLOORS = {"hnsw": 0.9, "ivfpq": 0.6}
 
