@@ -28,6 +28,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import (  # noqa: E402
+    BENCH_DATE,
     RESULTS_DIR,
     fmt_ratio,
     interleaved_rates,
@@ -214,7 +215,7 @@ def recall(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--smoke", action="store_true", help="tiny preset, one round: a CI check that it runs")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32])
@@ -228,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.smoke:
         args.rounds, args.batch_sizes = 1, [1, 4]
-    report: dict[str, Any] = {"machine": machine_info("cpu"), "args": vars(args)}
+    report: dict[str, Any] = {"date": BENCH_DATE, "machine": machine_info("cpu"), "args": vars(args)}
     if not args.skip_speed:
         report["speed"] = speed(args)
     if args.recall_model:
@@ -237,8 +238,8 @@ def main(argv: list[str] | None = None) -> int:
         report["quality"] = recall(args)
     name = "onnx_smoke.json" if args.smoke else ("onnx.json" if not args.skip_speed else "onnx_quality.json")
     write_report(args.output or RESULTS_DIR / name, report)
-    return 0
+    return report
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
