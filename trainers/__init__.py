@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .arguments import DataArguments, JobArguments, ModelArguments, VLPTrainingArguments
     from .callbacks import DatasetEpochCallback, GritRefreshCallback, MomentumUpdateCallback
+    from .cli.finetune import FinetuneArguments, build_peft_config
     from .evaluation import (
         EvalRuntime,
         ZeroShotSet,
@@ -24,7 +25,6 @@ if TYPE_CHECKING:
         evaluate_retrieval,
         evaluate_zero_shot,
     )
-    from .finetune import FinetuneArguments, build_peft_config
     from .grad_cache import grad_cache_backward
     from .sampler import GritSampler, grit_grouping
     from .trainer import VLPTrainer
@@ -43,8 +43,8 @@ _LOCATIONS = {
     "chance_recall": "evaluation",
     "evaluate_retrieval": "evaluation",
     "evaluate_zero_shot": "evaluation",
-    "FinetuneArguments": "finetune",
-    "build_peft_config": "finetune",
+    "FinetuneArguments": "cli.finetune",
+    "build_peft_config": "cli.finetune",
     "grad_cache_backward": "grad_cache",
     "GritSampler": "sampler",
     "grit_grouping": "sampler",

@@ -27,8 +27,8 @@ from hf_vlp.hub import push_model_folder, validate_model_folder  # noqa: E402
 from tests.trainers.helpers import small_config, small_model, training_args  # noqa: E402
 from trainers import VLPTrainer, cli  # noqa: E402
 from trainers.callbacks import MomentumUpdateCallback  # noqa: E402
+from trainers.cli.finetune import FinetuneArguments, build_peft_config  # noqa: E402
 from trainers.data import ImageTextDataset, build_eval_gallery, demo_records  # noqa: E402
-from trainers.finetune import FinetuneArguments, build_peft_config  # noqa: E402
 
 
 RECALL_KEYS = ("i2t_R@1", "i2t_R@5", "t2i_R@1", "t2i_R@5", "mean_recall")

@@ -27,15 +27,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from .cli import (
-    build_model_and_processor,
-    build_trainer,
-    demo_data_dir,
-    eval_name,
-    parse_job_args,
-    resume_value,
-    setup_logging,
-)
+from .building import build_model_and_processor
+from .jobs import build_trainer, eval_name, prepare_job, resume_value
+from .sources import resolve_demo
 
 
 if TYPE_CHECKING:
@@ -51,7 +45,7 @@ __all__ = [
     "finetune_main",
 ]
 
-logger = logging.getLogger("trainers.finetune")
+logger = logging.getLogger(__name__)
 
 ADAPTER_SUBDIR = "adapter"
 MERGED_SUBDIR = "merged"
@@ -155,22 +149,6 @@ def build_peft_config(model: nn.Module, args: FinetuneArguments, revision: str |
 
 
 # ---------------------------------------------------------------------------------------------- data
-def _resolve_demo(data_args: Any, domain: str, image_size: int, seed: int) -> bool:
-    """With `--demo`, point missing train / eval sources at the demo set of `domain`; True when eval is the demo's."""
-    if not data_args.demo:
-        return False
-    has_train = data_args.train_dir or data_args.train_file or data_args.dataset or data_args.train_shards
-    has_eval = data_args.eval_dir or data_args.eval_file or (data_args.dataset and data_args.eval_split)
-    if has_train and has_eval:
-        return False
-    root = demo_data_dir(data_args, image_size=image_size, seed=seed, domain=domain)
-    if not has_train:
-        data_args.train_dir = str(root / "train")
-    if not has_eval:
-        data_args.eval_dir = str(root / "eval")
-    return not has_eval
-
-
 def _image_size(processor: Any) -> int:
     """The processor's input size: the demo is rendered at it, since anything larger is resized away."""
     size = getattr(getattr(processor, "image_processor", None), "size", None) or {}
@@ -185,21 +163,17 @@ def _hub_id(model: str) -> str | None:
 # ---------------------------------------------------------------------------------------------- job
 def finetune_main(argv: Sequence[str]) -> int:
     """`hf-vlp finetune`: base zero-shot eval, PEFT training, adapted eval, adapter (+ merged model) with cards."""
-    model_args, data_args, training_args, job_args, finetune_args = parse_job_args(
+    model_args, data_args, training_args, _, finetune_args = prepare_job(
         argv,
         "hf-vlp finetune",
         "Adapt a pre-trained image-text model to a domain with LoRA (or DoRA, LoHa, LoKr) and evaluate it against "
         "the zero-shot base.",
         extra=(FinetuneArguments,),
     )
-    setup_logging(training_args)
-    import torch
     from transformers import set_seed
 
     from hf_vlp.adapters import merge_adapter
 
-    if job_args.torch_threads:
-        torch.set_num_threads(job_args.torch_threads)
     if not model_args.model:
         raise SystemExit("hf-vlp finetune: --model DIR_OR_HUB_ID (the pre-trained model to adapt) is required")
     if model_args.model.startswith((".", "/", "~")) and not os.path.isdir(os.path.expanduser(model_args.model)):
@@ -210,7 +184,7 @@ def finetune_main(argv: Sequence[str]) -> int:
     set_seed(training_args.seed)
     model, processor = build_model_and_processor(model_args, pretraining=True)
     peft_config = build_peft_config(model, finetune_args, revision=model_args.revision)
-    demo_eval = _resolve_demo(data_args, finetune_args.demo_domain, _image_size(processor), training_args.seed)
+    demo_eval = resolve_demo(data_args, _image_size(processor), training_args.seed, domain=finetune_args.demo_domain)
     trainer, gallery, zero_shot = build_trainer(
         "hf-vlp finetune", model, processor, data_args, training_args, peft_config=peft_config
     )

@@ -1,0 +1,87 @@
+"""What the training jobs (`pretrain`, `evaluate`, `finetune`) share: parsing + set-up, the trainer, the summary."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .parsing import parse_job_args, setup_logging
+from .sources import build_eval_sets, build_train_dataset
+
+
+__all__ = ["build_trainer", "eval_name", "log_summary", "prepare_job", "resume_value"]
+
+logger = logging.getLogger(__name__)
+
+
+def resume_value(value: str | None) -> str | bool | None:
+    """`--resume_from_checkpoint` as `Trainer.train` takes it: `latest` / `last` / `true` mean the newest one."""
+    if value is None:
+        return None
+    return True if value.lower() in ("true", "latest", "last") else value
+
+
+def prepare_job(argv: Sequence[str], prog: str, description: str, extra: Sequence[type] = ()) -> tuple:
+    """Parse a job's arguments (see `parse_job_args`), set up logging and the CPU thread count."""
+    parsed = parse_job_args(argv, prog, description, extra=extra)
+    training_args, job_args = parsed[2], parsed[3]
+    setup_logging(training_args)
+    if job_args.torch_threads:
+        import torch
+
+        torch.set_num_threads(job_args.torch_threads)
+    return parsed
+
+
+def build_trainer(
+    prog: str, model: Any, processor: Any, data_args: Any, training_args: Any, **trainer_kwargs: Any
+) -> tuple[Any, Any, Any]:
+    """The `VLPTrainer` of a job (train set, retrieval gallery and zero-shot set from the data flags), with
+    the gallery and zero-shot set for the job's summary. `trainer_kwargs` (e.g. `peft_config`) go to the trainer."""
+    from trainers.data import ImageTextCollator
+
+    from ..trainer import VLPTrainer
+
+    train_dataset = build_train_dataset(data_args, seed=training_args.seed)
+    if train_dataset is None:
+        raise SystemExit(f"{prog}: no training data (--train-dir, --train-file, --dataset, --train-shards or --demo)")
+    gallery, zero_shot = build_eval_sets(data_args)
+    trainer = VLPTrainer(
+        model=model,
+        args=training_args,
+        data_collator=ImageTextCollator(processor, max_length=processor.max_length),
+        train_dataset=train_dataset,
+        eval_dataset=gallery if gallery is not None else zero_shot,
+        zero_shot_dataset=zero_shot if gallery is not None else None,
+        processing_class=processor,
+        **trainer_kwargs,
+    )
+    return trainer, gallery, zero_shot
+
+
+def eval_name(data_args: Any, demo_eval: bool) -> str | None:
+    """How the model card names the evaluation set."""
+    if demo_eval:
+        return "hf-vlp demo (rendered Chinese shapes)"
+    if data_args.dataset:
+        return f"{data_args.dataset} ({data_args.eval_split})" if data_args.eval_split else data_args.dataset
+    source = data_args.eval_dir or data_args.eval_file
+    return Path(source).name if source else None
+
+
+def log_summary(metrics: dict | None, gallery: Any, zero_shot: Any) -> None:
+    """One line that puts the headline numbers next to what random ranking / guessing would score."""
+    from ..evaluation import chance_recall
+
+    if not metrics:
+        return
+    parts = []
+    if gallery is not None:
+        chance = chance_recall(gallery)["mean_recall"]
+        parts.append(f"retrieval mean recall {metrics['eval_mean_recall']:.1f} (random ranking: {chance:.1f})")
+    if zero_shot is not None and "eval_zero_shot_top1" in metrics:
+        guess = 100.0 / len(zero_shot.class_names)
+        parts.append(f"zero-shot top-1 {metrics['eval_zero_shot_top1']:.1f}% (guessing: {guess:.1f}%)")
+    logger.info("Result: %s", "; ".join(parts))

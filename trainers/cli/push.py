@@ -1,0 +1,54 @@
+"""`hf-vlp push`: publish a saved model or adapter folder to the Hub (a front over `hf_vlp.hub.push_model_folder`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+
+__all__ = ["push_main"]
+
+
+def push_main(argv: Sequence[str]) -> int:
+    """`hf-vlp push DIR --repo-id ID`: publish a saved model or adapter folder in one commit, print the commit URL.
+
+    A thin front over `hf_vlp.hub.push_model_folder`, which checks the folder first (safetensors, model code for
+    `trust_remote_code`, adapter config), adds the model card when the folder has none, never uploads pickles or
+    checkpoints, and never writes into the folder. An expected failure (bad folder, refused or interrupted upload)
+    is one line on stderr naming the step, and exit status 1: a user needs the cause, not a traceback.
+    """
+    parser = argparse.ArgumentParser(
+        prog="hf-vlp push",
+        description="Publish a folder written by save_pretrained (hf-vlp model + processor, or a PEFT adapter) to the "
+        "Hugging Face Hub. The token comes from HF_TOKEN or `hf auth login`.",
+    )
+    parser.add_argument("folder", help="the saved model or adapter folder (it is only read)")
+    parser.add_argument("--repo-id", required=True, help="owner/name on the Hub; created if missing")
+    parser.add_argument("--revision", default=None, help="branch to push to, created from main if missing")
+    parser.add_argument("--private", action="store_true", help="create the repo as private (if it does not exist)")
+    parser.add_argument("--commit-message", default="Upload hf-vlp model")
+    parser.add_argument(
+        "--base-model",
+        default=None,
+        help="for an adapter trained on a local copy of its base: the base's Hub id, written to the pushed "
+        "adapter_config.json (and to the card when push renders one, i.e. when the folder has none)",
+    )
+    args = parser.parse_args(list(argv))
+
+    from hf_vlp.hub import HubPushError, push_model_folder
+
+    try:
+        info = push_model_folder(
+            args.folder,
+            args.repo_id,
+            private=args.private,
+            revision=args.revision,
+            commit_message=args.commit_message,
+            base_model=args.base_model,
+        )
+    except HubPushError as error:
+        print(f"hf-vlp push: {error}", file=sys.stderr)
+        return 1
+    print(info.commit_url)
+    return 0

@@ -1,0 +1,222 @@
+"""Data-source resolution for the jobs: which flags name the training / evaluation data, and the built-in demo set.
+
+Sources, in order: `--train-shards` (streaming), `--train-dir` (image folder), `--train-file` (caption file,
+Parquet, Chinese-CLIP TSV), `--dataset` (a `datasets` name or saved folder); the same for evaluation. `--demo`
+fills the missing ones with the rendered demo set.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+
+__all__ = ["build_eval_sets", "build_train_dataset", "demo_data_dir", "preset_image_size", "resolve_demo"]
+
+logger = logging.getLogger(__name__)
+
+
+def demo_data_dir(data_args: Any, image_size: int = 64, seed: int = 0, domain: str = "plain") -> Path:
+    """The built-in demo set in `domain`'s look, rendered on first use into a cache folder.
+
+    Rendering is atomic (a staging folder renamed into place), so concurrent runs agree. The scene split depends
+    on `seed` only, so every domain holds the same train / eval scenes: fine-tuning on the "night" look changes
+    the look, never leaks evaluation scenes.
+    """
+    from trainers.data import generate_demo_dataset
+
+    if data_args.demo_dir:
+        root = Path(data_args.demo_dir)
+    else:
+        cache = Path(os.environ.get("HF_VLP_CACHE", Path.home() / ".cache" / "hf_vlp"))
+        suffix = "" if domain == "plain" else f"-{domain}"
+        root = cache / f"demo-{data_args.demo_num_train}-{data_args.demo_num_eval}-{image_size}px-seed{seed}{suffix}"
+    if (root / "eval" / "metadata.jsonl").is_file() and (root / "train" / "metadata.jsonl").is_file():
+        return root
+    logger.info("Rendering the %s demo set into %s", domain, root)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
+    generate_demo_dataset(
+        staging,
+        num_train=data_args.demo_num_train,
+        num_eval=data_args.demo_num_eval,
+        image_size=image_size,
+        seed=seed,
+        domain=domain,
+    )
+    try:
+        staging.rename(root)
+    except OSError:  # another process finished first (or the folder exists partially): keep theirs
+        shutil.rmtree(staging, ignore_errors=True)
+        if not (root / "eval" / "metadata.jsonl").is_file():
+            raise
+    return root
+
+
+def resolve_demo(data_args: Any, image_size: int, seed: int, domain: str = "plain") -> bool:
+    """With `--demo`, point missing train / eval sources at the demo set of `domain`; True when eval is the demo's."""
+    if not data_args.demo:
+        return False
+    has_train = data_args.train_dir or data_args.train_file or data_args.dataset or data_args.train_shards
+    has_eval = data_args.eval_dir or data_args.eval_file or (data_args.dataset and data_args.eval_split)
+    if has_train and has_eval:
+        return False
+    root = demo_data_dir(data_args, image_size=image_size, seed=seed, domain=domain)
+    if not has_train:
+        data_args.train_dir = str(root / "train")
+    if not has_eval:
+        data_args.eval_dir = str(root / "eval")
+    return not has_eval
+
+
+def preset_image_size(model_args: Any) -> int:
+    """The image size the demo set is rendered at: the processor resizes anyway, so this only saves work."""
+    if model_args.preset:
+        from hf_vlp import preset_info
+
+        return preset_info(model_args.preset)["processor"]["image_size"]
+    return 64
+
+
+def _chinese_clip_texts(images_tsv: str) -> str:
+    texts = images_tsv[: -len("_imgs.tsv")] + "_texts.jsonl" if images_tsv.endswith("_imgs.tsv") else None
+    if texts is None or not os.path.isfile(texts):
+        raise SystemExit(f"hf-vlp: a Chinese-CLIP image TSV needs its <split>_texts.jsonl next to it: {images_tsv}")
+    return texts
+
+
+def _read_file_records(path: str, data_args: Any, extra_columns: Sequence[str] = ()) -> list[dict]:
+    from trainers.data import read_caption_file, read_chinese_clip, read_parquet
+
+    if path.endswith(".tsv"):
+        return read_chinese_clip(path, _chinese_clip_texts(path))
+    if path.endswith(".parquet"):
+        return list(
+            read_parquet(
+                path,
+                image_column=data_args.image_column,
+                text_column=data_args.text_column,
+                id_column=data_args.id_column,
+            )
+        )
+    return list(
+        read_caption_file(
+            path,
+            image_column=data_args.image_column,
+            text_column=data_args.text_column,
+            captions_column=data_args.captions_column,
+            id_column=data_args.id_column,
+            extra_columns=extra_columns,
+        )
+    )
+
+
+def _read_folder_records(folder: str, data_args: Any, extra_columns: Sequence[str] = ()) -> list[dict]:
+    from trainers.data import read_image_folder
+
+    return list(
+        read_image_folder(
+            folder,
+            text_column=data_args.text_column,
+            captions_column=data_args.captions_column,
+            id_column=data_args.id_column,
+            extra_columns=extra_columns,
+        )
+    )
+
+
+def _with_labels(read: Callable[..., list[dict]], source: str, data_args: Any) -> list[dict]:
+    """Read eval records with the label column when the source has one (for zero-shot), without it otherwise."""
+    from trainers.data import DataFormatError
+
+    if data_args.label_column:
+        try:
+            return read(source, data_args, extra_columns=[data_args.label_column])
+        except DataFormatError as error:
+            if repr(data_args.label_column) not in str(error):
+                raise
+    return read(source, data_args)
+
+
+def _load_hf_dataset(data_args: Any, split: str) -> Any:
+    import datasets
+
+    source = data_args.dataset
+    if os.path.isdir(source) and any(
+        os.path.isfile(os.path.join(source, m)) for m in ("state.json", "dataset_dict.json")
+    ):
+        loaded = datasets.load_from_disk(source)
+        return loaded[split] if isinstance(loaded, datasets.DatasetDict) else loaded
+    return datasets.load_dataset(source, data_args.dataset_config, split=split)
+
+
+def _hf_records(dataset: Any, data_args: Any) -> Any:
+    from trainers.data import read_hf_dataset
+
+    return read_hf_dataset(
+        dataset, image_column=data_args.image_column, text_column=data_args.text_column, id_column=data_args.id_column
+    )
+
+
+def build_train_dataset(data_args: Any, seed: int = 0) -> Any:
+    """The training dataset: map-style over records, or streaming over shards (None when no source is given)."""
+    from trainers.data import ImageTextDataset, StreamingImageTextDataset
+
+    if data_args.train_shards:
+        shards = []
+        for pattern in data_args.train_shards:
+            matches = sorted(glob.glob(pattern)) if "://" not in pattern else []
+            shards += matches or [pattern]
+        return StreamingImageTextDataset(
+            shards,
+            caption_strategy=data_args.caption_strategy,
+            shuffle_buffer=data_args.shuffle_buffer,
+            seed=seed,
+            image_column=data_args.image_column,
+            text_column=data_args.text_column,
+            captions_column=data_args.captions_column,
+            id_column=data_args.id_column,
+        )
+    if data_args.train_dir:
+        records = _read_folder_records(data_args.train_dir, data_args)
+    elif data_args.train_file:
+        records = _read_file_records(data_args.train_file, data_args)
+    elif data_args.dataset:
+        records = _hf_records(_load_hf_dataset(data_args, data_args.train_split), data_args)
+    else:
+        return None
+    if data_args.max_train_samples is not None:
+        records = [records[index] for index in range(min(data_args.max_train_samples, len(records)))]
+    return ImageTextDataset(records, caption_strategy=data_args.caption_strategy, seed=seed)
+
+
+def build_eval_sets(data_args: Any) -> tuple[Any, Any]:
+    """`(EvalGallery | None, ZeroShotSet | None)` from the evaluation source; zero-shot where labels exist."""
+    from trainers.data import build_eval_gallery
+
+    from ..evaluation import build_zero_shot_set
+
+    label = data_args.label_column
+    if data_args.eval_dir:
+        records = _with_labels(_read_folder_records, data_args.eval_dir, data_args)
+    elif data_args.eval_file:
+        records = _with_labels(_read_file_records, data_args.eval_file, data_args)
+    elif data_args.dataset and data_args.eval_split:
+        dataset = _load_hf_dataset(data_args, data_args.eval_split)
+        records = list(_hf_records(dataset, data_args))
+        if label and label in dataset.column_names:
+            names = getattr(dataset.features[label], "names", None)  # a ClassLabel stores indices
+            values = [names[value] if names else value for value in dataset[label]]
+            records = [{**record, label: value} for record, value in zip(records, values)]
+    else:
+        return None, None
+    if data_args.max_eval_samples is not None:
+        records = records[: data_args.max_eval_samples]
+    zero_shot = build_zero_shot_set(records, label) if label else None
+    return build_eval_gallery(records), zero_shot
