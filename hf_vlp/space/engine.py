@@ -267,9 +267,9 @@ class VLPSpace:
         """The `k` images best matching a Chinese query, in `gallery` (default: the index, else the gallery)."""
         query = check_text(query, "要搜索的文字")
         k = max(1, min(int(k), MAX_TOP_K))
-        text = self.encode_query(query)
         if gallery is None and self.index is not None:
-            return self.index.search_text(self, query, text, k, rerank=rerank and self.can_rerank)
+            return self.index.search_text(self, query, k, rerank=rerank and self.can_rerank)
+        text = self.encode_query(query)
         gallery = gallery or self.gallery
         index = self.gallery_index(gallery)
         scores, rows = self._text_topk(text, index.embeddings, k)
@@ -334,8 +334,15 @@ class VLPSpace:
     def result_items(self, source: SearchSource, results: list[tuple[int, float]]) -> list[tuple[str, str]]:
         """`(thumbnail file, "rank · score · caption")` per result (the score stays visible when a long caption
         is cut); thumbnails are immutable files (`ThumbnailStore`), shared by every request that shows them."""
+
+        def load(position: int) -> Image.Image:
+            try:
+                return source.load(position)
+            except UserInputError:  # an index item whose file has gone since it was indexed: a grey tile
+                return Image.new("RGB", (64, 64), (200, 200, 200))
+
         items = []
         for rank, (position, score) in enumerate(results, start=1):
-            path = self.thumbnails.path(source.thumbnail_key(position), lambda p=position: source.load(p))
+            path = self.thumbnails.path(source.thumbnail_key(position), lambda p=position: load(p))
             items.append((path, f"{rank} · {score:.3f} · {source.caption(position)}"))
         return items

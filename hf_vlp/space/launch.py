@@ -41,8 +41,10 @@ def create_space(
     query is as fast as the rest."""
     from .engine import VLPSpace
 
-    vlp_model, processor, description = load_model(model, revision)
     index = index or os.environ.get(ENV_INDEX) or None
+    if index is not None and not os.path.isdir(index):  # before minutes of model loading
+        raise SpaceStartError(f"index folder not found: {index} (build one with `hf-vlp index build`)")
+    vlp_model, processor, description = load_model(model, revision)
     try:
         default = default_gallery(gallery)
     except FileNotFoundError as error:
@@ -51,9 +53,12 @@ def create_space(
         ) from error
     space = VLPSpace(vlp_model, processor, default, model_name=description)
     if index is not None:
-        from .indexed import IndexGallery
+        from .indexed import IndexGallery, IndexOpenError
 
-        space.index = IndexGallery.open(index, space)
+        try:
+            space.index = IndexGallery.open(index, space)
+        except IndexOpenError as error:
+            raise SpaceStartError(str(error)) from error
     started = time.perf_counter()
     space.gallery_index(space.gallery)
     logger.info(

@@ -128,3 +128,27 @@ def trained_space(trained_model_dir):
     """A `VLPSpace` over the trained model and the built-in gallery (shared: its cache is warm after first use)."""
     model, processor, name = load_model(str(trained_model_dir))
     return VLPSpace(model, processor, builtin_gallery(), model_name=name)
+
+
+@pytest.fixture(scope="session")
+def scene_folder(tmp_path_factory):
+    """The built-in scenes as an imagefolder on disk (PNGs + metadata.jsonl), the input of an index build."""
+    import json
+
+    folder = tmp_path_factory.mktemp("scenes")
+    rows = []
+    for position, (image, caption) in enumerate(scenes.demo_gallery()):
+        name = f"scene-{position:02d}.png"
+        image.save(folder / name)
+        rows.append(json.dumps({"file_name": name, "text": caption}, ensure_ascii=False))
+    (folder / "metadata.jsonl").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return folder
+
+
+def build_scene_index(model_dir, scene_folder, output) -> str:
+    """`hf-vlp index build` (its Python API) of the scene folder with `model_dir`: an exact faiss index."""
+    from trainers.indexing import build_index
+
+    result = build_index(str(model_dir), str(output), [str(scene_folder)], batch_size=8, progress=False)
+    assert result.finished and result.indexed == len(scenes.demo_gallery())
+    return str(output)
