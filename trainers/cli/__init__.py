@@ -109,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 register_subcommand("pretrain", pretrain_main, "Pre-train (or continue training) an image-text model.")
 register_subcommand("evaluate", evaluate_main, "Retrieval Recall@K and zero-shot accuracy of a model.")
 register_subcommand("convert", "trainers.cli.convert:convert_main", "Convert a Chinese-CLIP checkpoint to hf-vlp.")
-register_subcommand("demo", "trainers.cli.demo:demo_main", "Launch the Gradio demo: 以文搜图, 以图搜图, 以图搜文, 零样本分类.")
+register_subcommand("demo", "trainers.cli.demo:demo_main", "Launch the Gradio demo: 以文搜图, 以图搜文, 零样本分类.")
 register_subcommand(
     "finetune", "trainers.cli.finetune:finetune_main", "Adapt a pre-trained model to a domain with LoRA."
 )
