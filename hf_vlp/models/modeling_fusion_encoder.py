@@ -370,6 +370,12 @@ class FusionEncoderForRetrieval(VLPPreTrainedModel):
         logits = self.cross_encode(image, text).itm_logits
         return logits[:, 1] - logits[:, 0]
 
+    match_score_is_log_odds = True
+
+    def match_score(self, image: FusionRetrievalEmbeddings, text: FusionRetrievalEmbeddings) -> torch.Tensor:
+        """ITM log-odds of each aligned pair (see `rerank_scores`): what `match_probability` calibrates."""
+        return self.rerank_scores(image, text)
+
     def itm_score(
         self,
         input_ids: torch.Tensor,

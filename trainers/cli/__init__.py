@@ -116,3 +116,6 @@ register_subcommand(
 register_subcommand("push", "trainers.cli.push:push_main", "Publish a saved model or adapter folder to the Hub.")
 register_subcommand("export", "trainers.cli.export:export_main", "Export the image and text encoders to ONNX.")
 register_subcommand("index", "trainers.cli.index:index_main", "Build or search a faiss index of images or captions.")
+register_subcommand(
+    "calibrate", "trainers.cli.calibrate:calibrate_main", "Fit a model's match probability (匹配概率)."
+)
