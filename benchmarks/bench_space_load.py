@@ -89,13 +89,17 @@ def _reference_app(ref: str, folder: Path) -> Path | None:
 
 
 @contextlib.contextmanager
-def serve(model_dir: str, app_file: str | Path | None = None, threads: int = 1) -> Iterator[str]:
+def serve(
+    model_dir: str, app_file: str | Path | None = None, threads: int = 1, concurrency: int | None = None
+) -> Iterator[str]:
     """Serve the Space in a child process on 127.0.0.1 and a free port; yields its URL, stops it on exit.
 
     `app_file`: a Space `app.py` to run by path (the reference); default `hf_vlp.space` (`python -m` style).
     """
     port = _free_port()
     argv = ["--model", str(model_dir), "--gallery", "builtin", "--host", "127.0.0.1", "--port", str(port)]
+    if concurrency is not None:
+        argv += ["--concurrency", str(concurrency)]
     code = f"import sys, torch; torch.set_num_threads({threads}); " + (
         f"import runpy; sys.argv = ['app.py'] + {argv!r}; runpy.run_path({str(app_file)!r}, run_name='__main__')"
         if app_file
@@ -197,7 +201,12 @@ def run_load(
     barrier = threading.Barrier(clients)
 
     def user(index: int) -> list[Outcome]:
-        client = Client(url, verbose=False, download_files=str(download_root / f"client-{index}"))
+        client = Client(
+            url,
+            verbose=False,
+            download_files=str(download_root / f"client-{index}"),
+            httpx_kwargs={"timeout": timeout},  # as a browser waits: uploads and downloads queue behind the load
+        )
         barrier.wait(timeout=timeout)
         outcomes = []
         for request in requests[index::clients]:

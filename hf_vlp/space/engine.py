@@ -89,7 +89,8 @@ class GalleryIndex:
 class SearchResult:
     """`(position, score)` pairs in `source`, best first; `reranked` when the cross encoder re-ranked them.
 
-    `searched` is how many items were scored, `skipped` the names of gallery files that could not be read.
+    `searched` is how many items were scored, `skipped` the names of gallery files that could not be read, `match`
+    the calibrated 匹配概率 of each ranked result (models with `match_probability`, see `VLPSpace.can_match`).
     """
 
     ranked: list[tuple[int, float]]
@@ -97,6 +98,7 @@ class SearchResult:
     source: SearchSource
     searched: int
     skipped: list[str]
+    match: list[float] | None = None
 
 
 class VLPSpace:
@@ -148,6 +150,32 @@ class VLPSpace:
     def can_rerank(self) -> bool:
         """Whether the model has a cross encoder re-ranking method (fusion models)."""
         return callable(getattr(self.model, "rerank_scores", None))
+
+    @property
+    def can_match(self) -> bool:
+        """Whether the model gives a calibrated match probability (匹配概率): `match_probability` with the
+        calibration `hf-vlp calibrate` stores in its config, or a fusion ITM head (a probability as it is)."""
+        if not callable(getattr(self.model, "match_probability", None)):
+            return False
+        calibrated = getattr(self.model.config, "match_calibration", None) is not None
+        return calibrated or bool(getattr(self.model, "match_score_is_log_odds", False))
+
+    def match_probabilities(self, images: list[Image.Image], texts: list[str]) -> list[float] | None:
+        """`model.match_probability` of each (image, text) pair (a side of one is paired with every item of the
+        other), or None when the model has none (`can_match`)."""
+        if not self.can_match:
+            return None
+        batch = self.processor(text=texts, images=images)
+        names = ("input_ids", "attention_mask", "token_type_ids", "pixel_values")
+        inputs = {name: batch[name].to(self.device) for name in names if batch.get(name) is not None}
+        with torch.inference_mode():
+            return self.model.match_probability(**inputs).float().cpu().tolist()
+
+    def _with_match(self, result: SearchResult, query: str) -> SearchResult:
+        """The result with the 匹配概率 of the query and each ranked image, when the model gives one."""
+        if self.can_match and result.ranked:
+            result.match = self.match_probabilities([result.source.load(p) for p, _ in result.ranked], [query])
+        return result
 
     @property
     def _token_wise(self) -> bool:
@@ -268,7 +296,7 @@ class VLPSpace:
         query = check_text(query, "要搜索的文字")
         k = max(1, min(int(k), MAX_TOP_K))
         if gallery is None and self.index is not None:
-            return self.index.search_text(self, query, k, rerank=rerank and self.can_rerank)
+            return self._with_match(self.index.search_text(self, query, k, rerank=rerank and self.can_rerank), query)
         text = self.encode_query(query)
         gallery = gallery or self.gallery
         index = self.gallery_index(gallery)
@@ -278,7 +306,7 @@ class VLPSpace:
         if rerank and self.can_rerank:
             scores, rows = self._rerank(index.embeddings, text, scores, rows, query_is_image=False)
             reranked = [(int(index.positions[r]), float(s)) for r, s in zip(rows.tolist(), scores)]
-        return SearchResult(ranked, reranked, gallery, len(index.positions), index.skipped)
+        return self._with_match(SearchResult(ranked, reranked, gallery, len(index.positions), index.skipped), query)
 
     def search_image(self, image: Image.Image, gallery: Gallery | None = None, k: int = 8) -> SearchResult:
         """以图搜图: the `k` images most similar to `image` by their global embeddings (cosine), in `gallery`
@@ -331,9 +359,12 @@ class VLPSpace:
         return sim_i2t[0].float().cpu()
 
     # ---------------------------------------------------------------- display
-    def result_items(self, source: SearchSource, results: list[tuple[int, float]]) -> list[tuple[str, str]]:
+    def result_items(
+        self, source: SearchSource, results: list[tuple[int, float]], match: list[float] | None = None
+    ) -> list[tuple[str, str]]:
         """`(thumbnail file, "rank · score · caption")` per result (the score stays visible when a long caption
-        is cut); thumbnails are immutable files (`ThumbnailStore`), shared by every request that shows them."""
+        is cut; with `match`, "rank · score · 匹配概率 p% · caption"); thumbnails are immutable files
+        (`ThumbnailStore`), shared by every request that shows them."""
 
         def load(position: int) -> Image.Image:
             try:
@@ -344,5 +375,6 @@ class VLPSpace:
         items = []
         for rank, (position, score) in enumerate(results, start=1):
             path = self.thumbnails.path(source.thumbnail_key(position), lambda p=position: load(p))
-            items.append((path, f"{rank} · {score:.3f} · {source.caption(position)}"))
+            probability = f"匹配概率 {match[rank - 1]:.0%} · " if match is not None else ""
+            items.append((path, f"{rank} · {score:.3f} · {probability}{source.caption(position)}"))
         return items

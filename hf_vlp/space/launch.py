@@ -76,15 +76,16 @@ def launch_demo(
     gallery: str | os.PathLike | None = None,
     prevent_thread_lock: bool = False,
     index: str | os.PathLike | None = None,
+    concurrency_limit: int | None = None,
 ):
     """Serve the demo (what `hf-vlp demo` runs). Blocks until stopped unless `prevent_thread_lock`.
 
     `host` / `port` default to Gradio's (`GRADIO_SERVER_NAME` / `GRADIO_SERVER_PORT`, else 127.0.0.1:7860).
     Raises `ModelNotFoundError` with instructions when there is no model, `SpaceStartError` when the port is taken.
     """
-    from .ui import build_demo
+    from .ui import CONCURRENCY_LIMIT, build_demo
 
-    demo = build_demo(create_space(model, revision, gallery, index))
+    demo = build_demo(create_space(model, revision, gallery, index), concurrency_limit or CONCURRENCY_LIMIT)
     try:
         demo.launch(
             server_name=host,
@@ -126,6 +127,9 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     parser.add_argument("--host", help="address to bind (default: Gradio's, 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port (default: Gradio's, 7860)")
     parser.add_argument("--share", action="store_true", help="create a public gradio.live link")
+    parser.add_argument(
+        "--concurrency", type=int, default=None, help="requests served at once, the rest queue (default: 2)"
+    )
     args = parser.parse_args(argv)
     name = prog or "app.py"
     if importlib.util.find_spec("gradio") is None:
@@ -133,7 +137,16 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
         return 1
     logging.basicConfig(level=logging.INFO)
     try:
-        launch_demo(args.model, args.revision, args.host, args.port, args.share, args.gallery, index=args.index)
+        launch_demo(
+            args.model,
+            args.revision,
+            args.host,
+            args.port,
+            args.share,
+            args.gallery,
+            index=args.index,
+            concurrency_limit=args.concurrency,
+        )
     except (ModelNotFoundError, SpaceStartError) as error:
         print(f"{name}: {error}", file=sys.stderr)
         return 1

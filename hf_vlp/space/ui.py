@@ -20,6 +20,7 @@ from .inputs import (
     MAX_TOP_K,
     MAX_UPLOAD_IMAGES,
     UserInputError,
+    fill_template,
     parse_captions,
     parse_labels,
     require_image,
@@ -82,7 +83,8 @@ class SpaceHandlers:
             gallery = upload_gallery(files) if files else None
             result = self.space.search(query, gallery, int(top_k), rerank=bool(rerank))
             reranked = self.space.result_items(result.source, result.reranked) if result.reranked is not None else []
-            return self.space.result_items(result.source, result.ranked), reranked, self._status(result, started)
+            ranked = self.space.result_items(result.source, result.ranked, result.match)
+            return ranked, reranked, self._status(result, started)
         except Exception as error:  # noqa: BLE001 - every failure becomes a message, never a stack trace
             return [], [], _failure(error)
 
@@ -112,6 +114,9 @@ class SpaceHandlers:
             image = require_image(image_path)
             ranked, reranked = self.space.rank_captions(image, parse_captions(captions_text), rerank=bool(rerank))
             rows = [[rank, text, round(sim, 4), round(prob, 4)] for rank, (text, sim, prob) in enumerate(ranked, 1)]
+            match = self.space.match_probabilities([image], [text for text, _, _ in ranked])
+            if match is not None:  # the 匹配概率 column: whether each caption fits, not just which fits best
+                rows = [row + [round(p, 4)] for row, p in zip(rows, match)]
             rerank_rows = [
                 [rank, text, round(score, 4), before] for rank, (text, score, before) in enumerate(reranked or [], 1)
             ]
@@ -123,9 +128,12 @@ class SpaceHandlers:
         """零样本分类: (label probabilities, status markdown)."""
         try:
             image = require_image(image_path)
-            probs = self.space.classify(image, parse_labels(labels_text), template or DEFAULT_TEMPLATE)
+            template = template or DEFAULT_TEMPLATE
+            probs = self.space.classify(image, parse_labels(labels_text), template)
             best = max(probs, key=probs.get)
-            return probs, f"预测类别：**{best}**（{probs[best]:.1%}）"
+            match = self.space.match_probabilities([image], [fill_template(template, best)])
+            note = f" · 匹配概率 {match[0]:.0%}" if match is not None else ""
+            return probs, f"预测类别：**{best}**（{probs[best]:.1%}）{note}"
         except Exception as error:  # noqa: BLE001
             return None, _failure(error)
 
@@ -157,14 +165,14 @@ SUBTITLE = (
 )
 
 
-def build_demo(space: VLPSpace) -> gr.Blocks:
+def build_demo(space: VLPSpace, concurrency_limit: int = CONCURRENCY_LIMIT) -> gr.Blocks:
     """The Gradio UI: four tabs over one `VLPSpace`, examples prefilled, re-ranking only for fusion models.
 
-    Every event that runs the model shares one concurrency pool, so at most `CONCURRENCY_LIMIT` requests use it at
+    Every event that runs the model shares one concurrency pool, so at most `concurrency_limit` requests use it at
     once whichever tabs they come from; the others wait in the queue (and see their place in it).
     """
     handlers = SpaceHandlers(space)
-    model_event = {"concurrency_id": "model", "concurrency_limit": CONCURRENCY_LIMIT}
+    model_event = {"concurrency_id": "model", "concurrency_limit": concurrency_limit}
     shapes = scenes.demo_gallery()
     example_images = [shapes[i][0] for i in (0, 5, 10, 15)]  # four colours, four shapes
     example_captions = "\n".join(caption for _, caption in shapes[::3])
@@ -245,7 +253,8 @@ def build_demo(space: VLPSpace) -> gr.Blocks:
                     gr.Examples([[image] for image in example_images], inputs=[i2t_image], label="示例")
                 with gr.Column():
                     i2t_status = gr.Markdown("上传图片，按与图片的匹配程度给候选文本排序。", elem_id="i2t-status")
-                    ranking = gr.Dataframe(headers=["排名", "文本", "相似度", "概率"], interactive=False)
+                    headers = ["排名", "文本", "相似度", "概率"] + (["匹配概率"] if space.can_match else [])
+                    ranking = gr.Dataframe(headers=headers, interactive=False)
                     rerank_table = gr.Dataframe(
                         headers=["排名", "文本", "重排序得分", "原排名"],
                         label="交叉编码器重排序",
@@ -287,5 +296,5 @@ def build_demo(space: VLPSpace) -> gr.Blocks:
                 api_name="classify",
                 **model_event,
             )
-    demo.queue(default_concurrency_limit=CONCURRENCY_LIMIT, max_size=QUEUE_MAX_SIZE)
+    demo.queue(default_concurrency_limit=concurrency_limit, max_size=QUEUE_MAX_SIZE)
     return demo

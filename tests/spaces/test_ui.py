@@ -123,3 +123,36 @@ def test_space_folder_files():
     assert "from hf_vlp.space.launch import main" in entry and len(entry.splitlines()) < 20
     assert (REPO_ROOT / "spaces").resolve() == SPACE_FOLDER.resolve()
     assert not (SPACE_FOLDER / "__init__.py").exists()  # never a `spaces` package: Spaces ship their own
+
+
+def test_match_probability_shown_when_the_model_is_calibrated(tmp_path):
+    """匹配概率 next to results, captions and the predicted class, exactly the model's `match_probability`."""
+    import torch
+
+    import hf_vlp
+    from hf_vlp.space import VLPSpace, builtin_gallery
+
+    torch.manual_seed(0)
+    model = hf_vlp.create_model("tiny").eval()
+    processor = hf_vlp.processor_for_preset("tiny")
+    space = VLPSpace(model, processor, builtin_gallery())
+    assert not space.can_match and space.search("一个红色的圆形", k=2).match is None
+    model.config.match_calibration = {"scale": 8.0, "bias": -1.0}
+    assert space.can_match
+
+    result = space.search("一个红色的圆形", k=3)
+    images = [space.gallery.load(p) for p, _ in result.ranked]
+    batch = processor(text=["一个红色的圆形"], images=images)
+    expected = model.match_probability(batch["input_ids"], batch["pixel_values"], batch["attention_mask"])
+    torch.testing.assert_close(torch.tensor(result.match), expected.float(), rtol=1e-4, atol=1e-5)
+
+    handlers = ui.SpaceHandlers(space)
+    items, _, _ = handlers.search("一个红色的圆形", 3)
+    assert [label.split(" · ")[2] for _, label in items] == [f"匹配概率 {p:.0%}" for p in result.match]
+    image = png(tmp_path / "red.png", (220, 40, 40))
+    rows, _, _ = handlers.rank_captions(image, "一个红色的圆形\n一个蓝色的星形")
+    assert all(len(row) == 5 and 0.0 <= row[4] <= 1.0 for row in rows)
+    _, status = handlers.classify(image, "圆形，星形", "一个红色的{}")
+    assert "匹配概率" in status
+    ranking = [b for b in ui.build_demo(space).blocks.values() if isinstance(b, gr.Dataframe)][0]
+    assert ranking.headers[-1] == "匹配概率"
