@@ -41,7 +41,9 @@ from benchmarks.real_data import build_real_data
 
 
 # One switch per row: name -> extra `hf-vlp pretrain` arguments. `{fusion_config}` and `{fusion_model}` are filled in
-# with the fusion model's config and the folder the `fusion_rerank` row trained (the DiDE teacher).
+# with the fusion model's config and the folder the `fusion_rerank` row trained (the DiDE teacher); `{vit_tower}`
+# and `{vit_tanh_pooler}` with a transformers ViT of the same size (a sub-config override replaces the whole
+# sub-config, so the override spells it out).
 ABLATIONS: dict[str, list[str]] = {
     # the trainer defaults, one reverted at a time
     "no_warmup": ["--warmup_steps", "0"],
@@ -50,8 +52,8 @@ ABLATIONS: dict[str, list[str]] = {
     "stock_decay_groups": ["--stock_weight_decay_groups"],
     "workers_0": ["--dataloader_num_workers", "0"],
     # other vision towers (auto pooling skips ViT's tanh pooler; the second row uses it)
-    "vit_tower": ["--config-overrides", '{"vision_config": {"model_type": "vit"}}'],
-    "vit_tanh_pooler": ["--config-overrides", '{"vision_config": {"model_type": "vit"}, "vision_pooling": "pooler"}'],
+    "vit_tower": ["--config-overrides", "{vit_tower}"],
+    "vit_tanh_pooler": ["--config-overrides", "{vit_tanh_pooler}"],
     # the papers' recipe, one switch at a time
     "text_cls_pooling": ["--config-overrides", '{"text_pooling": "cls"}'],
     "patch_dropout_0.5": ["--config-overrides", '{"vision_patch_dropout": 0.5}'],
@@ -250,12 +252,17 @@ def run_ours(
     }
 
 
-def _row_arguments(name: str, workdir: Path) -> list[str]:
+def _row_arguments(name: str, workdir: Path, config: dict[str, Any]) -> list[str]:
+    """A row's arguments with its placeholders (a whole argument `{name}`) filled in."""
+    vit = {**config["vision_config"], "model_type": "vit"}
+    values = {
+        "fusion_config": str(workdir / "fusion_config.json"),
+        "fusion_model": str(workdir / "ablation_fusion_rerank" / "model"),
+        "vit_tower": json.dumps({"vision_config": vit}),
+        "vit_tanh_pooler": json.dumps({"vision_config": vit, "vision_pooling": "pooler"}),
+    }
     return [
-        arg.format(
-            fusion_config=workdir / "fusion_config.json", fusion_model=workdir / "ablation_fusion_rerank" / "model"
-        )
-        for arg in ABLATIONS[name]
+        values.get(arg[1:-1], arg) if arg.startswith("{") and arg.endswith("}") else arg for arg in ABLATIONS[name]
     ]
 
 
@@ -345,7 +352,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     unknown = [name for name in names if name not in ABLATIONS]
     if unknown:
         raise SystemExit(f"bench_quality: unknown ablation rows {unknown}; known: {', '.join(ABLATIONS)}")
-    extra_rows = [(name, _row_arguments(name, workdir)) for name in names if DEPENDS_ON.get(name, name) in names]
+    extra_rows = [
+        (name, _row_arguments(name, workdir, config)) for name in names if DEPENDS_ON.get(name, name) in names
+    ]
     extra_rows += [(spec.split("=", 1)[0], shlex.split(spec.split("=", 1)[1])) for spec in args.recipe]
     for name, extra in extra_rows:
         result = run_ours(args, config_path, data, workdir / f"ablation_{name}", extra)
