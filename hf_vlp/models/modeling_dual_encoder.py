@@ -20,14 +20,9 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils import ModelOutput
 
 from .configuration_dual_encoder import DualEncoderConfig
-from .contrastive import (
-    distributed_rank_and_world,
-    gather_with_grad,
-    image_text_contrastive_loss,
-    sigmoid_contrastive_loss,
-    token_wise_similarity,
-)
+from .contrastive import image_text_contrastive_loss, sigmoid_contrastive_loss, token_wise_similarity
 from .patch_dropout import attach_patch_dropout
+from .retrieval_core import RetrievalEmbeddings, gather_contrastive_batch
 from .towers import (
     build_tower,
     load_tower,
@@ -48,22 +43,6 @@ __all__ = [
 ]
 
 ZERO_SHOT_AUTO_CLASS = "AutoModelForZeroShotImageClassification"
-
-
-@dataclass
-class RetrievalEmbeddings(ModelOutput):
-    """What a gallery stores per item to be scored later against queries.
-
-    Args:
-        embeds (`torch.FloatTensor` of shape `(batch, projection_dim)`): L2-normalised global embedding.
-        token_embeds (`torch.FloatTensor` of shape `(batch, tokens, projection_dim)`, *optional*):
-            L2-normalised (and possibly reduced) token embeddings, only for token-wise similarity.
-        token_mask (`torch.LongTensor` of shape `(batch, tokens)`, *optional*): 1 for real tokens.
-    """
-
-    embeds: torch.FloatTensor | None = None
-    token_embeds: torch.FloatTensor | None = None
-    token_mask: torch.LongTensor | None = None
 
 
 @dataclass
@@ -436,13 +415,9 @@ class DualEncoderModel(VLPPreTrainedModel):
     ) -> torch.Tensor:
         """The configured loss (symmetric InfoNCE, or SigLIP's sigmoid loss) of the local batch against the keys of
         every rank (one rank: the batch itself)."""
-        rank, world = distributed_rank_and_world()
-        if world == 1 or not self.config.gather_distributed:
-            all_image, all_text, offset, all_ids = image, text, 0, image_ids
-        else:
-            all_image, all_text = _gather_embeddings(image), _gather_embeddings(text)
-            offset = _rank_offset(image.embeds.shape[0], image.embeds.device)
-            all_ids = gather_with_grad(image_ids) if image_ids is not None else None
+        all_image, all_text, offset, all_ids = gather_contrastive_batch(
+            image, text, image_ids, enabled=self.config.gather_distributed
+        )
         if all_image is image and all_text is text:
             # One rank: both directions come from one similarity call; two calls would compute the same scores
             # twice (costly for token-wise similarity) and hold one more batch x batch buffer.
@@ -459,18 +434,3 @@ class DualEncoderModel(VLPPreTrainedModel):
                 all_ids,
             )
         return image_text_contrastive_loss(logit_scale * i2t, logit_scale * t2i.t(), offset, image_ids, all_ids)
-
-
-def _gather_embeddings(emb: RetrievalEmbeddings) -> RetrievalEmbeddings:
-    return RetrievalEmbeddings(
-        embeds=gather_with_grad(emb.embeds),
-        token_embeds=gather_with_grad(emb.token_embeds) if emb.token_embeds is not None else None,
-        token_mask=gather_with_grad(emb.token_mask) if emb.token_mask is not None else None,
-    )
-
-
-def _rank_offset(local_batch: int, device: torch.device) -> int:
-    """Index of this rank's first pair in the gathered batch."""
-    rank, _ = distributed_rank_and_world()
-    sizes = gather_with_grad(torch.tensor([local_batch], device=device))
-    return int(sizes[:rank].sum())
