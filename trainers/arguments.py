@@ -127,7 +127,8 @@ class VLPTrainingArguments(TrainingArguments):
         metadata={
             "help": "DiDE: a saved fusion-encoder folder whose cross-modal attention, similarities and match scores a "
             "dual-encoder student imitates (hf_vlp.distillation.distillation_loss). The teacher is loaded frozen, "
-            "in eval mode, and run without gradients; it must share the student's tokenizer and image tokens."
+            "in eval mode, and run without gradients; it must share the student's tokenizer and image tokens. The ITM "
+            "soft labels cost batch^2 teacher cross-encoder passes per step (in chunks of 256 pairs)."
         },
     )
     distill_weight: float = field(
