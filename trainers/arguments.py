@@ -33,12 +33,38 @@ class VLPTrainingArguments(TrainingArguments):
 
     Defaults that differ from `TrainingArguments`: `remove_unused_columns=False`, because image-text collators
     read raw `image`/`text` items and the trainer needs the collator's side-channel keys (`image_hash`,
-    `num_skipped_samples`), none of which are `forward` arguments.
+    `num_skipped_samples`), none of which are `forward` arguments; and the schedule CLIP-style training uses
+    (`lr_scheduler_type="cosine"`, `warmup_steps=0.05`), which a fresh model needs to leave the ln(batch) loss
+    plateau (`benchmarks/bench_quality.py` measures each choice).
     """
 
     remove_unused_columns: bool = field(
         default=False,
         metadata={"help": "Drop dataset columns the model's forward does not take (off: collators need raw columns)."},
+    )
+    lr_scheduler_type: str = field(
+        default="cosine",
+        metadata={
+            "help": "Learning-rate schedule after the warm-up (CLIP, open_clip and Chinese-CLIP: cosine; the stock "
+            "Trainer's default is linear)."
+        },
+    )
+    warmup_steps: float = field(
+        default=0.05,
+        metadata={
+            "help": "Linear warm-up: steps (an integer) or a fraction of the run in [0, 1). Contrastive training "
+            "from a fresh start needs one: a full learning rate on step 0 throws the random embeddings around "
+            "before the logits carry any signal."
+        },
+    )
+    stock_weight_decay_groups: bool = field(
+        default=False,
+        metadata={
+            "help": "Use the stock Trainer's weight-decay groups (everything but biases and LayerNorm weights). "
+            "By default only weight matrices (parameters of 2+ dimensions) decay, as in CLIP / open_clip: "
+            "never logit_scale (decay would pull the temperature to 1 and flatten the logits), norms, biases "
+            "or class embeddings."
+        },
     )
     use_image_ids: bool = field(
         default=True,
@@ -214,7 +240,13 @@ class ModelArguments:
             "'{\"lock_vision\": true}' for locked-image tuning)."
         },
     )
-    max_length: int | None = field(default=None, metadata={"help": "Text length cap (default: the processor's)."})
+    max_length: int | None = field(
+        default=None,
+        metadata={
+            "help": "Text length in tokens (default: the processor's, 52 for a new model, capped at the text tower's "
+            "positions; a longer value is refused)."
+        },
+    )
     revision: str | None = field(default=None, metadata={"help": "Hub revision of --model / towers / tokenizer."})
     trust_remote_code: bool = field(
         default=False, metadata={"help": "Allow Hub custom code of models that hf-vlp does not register itself."}
@@ -259,6 +291,27 @@ class DataArguments:
     id_column: str | None = field(default=None, metadata={"help": "Image id column (rows sharing an image)."})
     label_column: str | None = field(
         default="label", metadata={"help": "Class label column of the eval set, for zero-shot classification."}
+    )
+    zero_shot_classes: str | None = field(
+        default=None,
+        metadata={
+            "help": "Zero-shot class names, in label-index order (JSON list or TXT, one per line); eval labels are "
+            "then class names or indices into them. Default: the eval set's distinct labels."
+        },
+    )
+    zero_shot_templates: str | None = field(
+        default=None,
+        metadata={
+            "help": "Zero-shot prompt templates with '{}' for the class name (JSON list or TXT, one per line); each "
+            "class is the normalised mean of its templates' embeddings (Chinese-CLIP / ELEVATER ensembles)."
+        },
+    )
+    zero_shot_preset: str | None = field(
+        default=None,
+        metadata={
+            "help": "Class names and templates of a benchmark: 'imagenet-zh' (Chinese-CLIP's 1,000 Chinese "
+            "ImageNet names and its templates, read from the installed cn-clip). Files given override its parts."
+        },
     )
     caption_strategy: str = field(
         default="sample",

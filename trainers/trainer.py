@@ -364,6 +364,18 @@ class VLPTrainer(Trainer):
             )
         return super().get_train_dataloader()
 
+    def get_decay_parameter_names(self, model: nn.Module) -> list[str]:
+        """Weight decay on weight matrices only (CLIP / open_clip), unless `stock_weight_decay_groups`.
+
+        The stock rule exempts biases and LayerNorm weights by name but decays `logit_scale`, which pulls the
+        learned temperature towards exp(0) = 1, i.e. towards flat logits and the ln(batch) plateau; and it decays
+        1-D parameters such as a ViT's class embedding or SigLIP's logit bias. Decaying only parameters with two or
+        more dimensions covers every tower without name patterns.
+        """
+        if self.args.stock_weight_decay_groups:
+            return super().get_decay_parameter_names(model)
+        return [name for name, param in model.named_parameters() if param.ndim >= 2]
+
     def _get_train_sampler(self, train_dataset: Dataset | None = None) -> torch.utils.data.Sampler | None:
         if not self.args.grit_sampling:
             return super()._get_train_sampler(train_dataset)

@@ -11,10 +11,10 @@ import math
 from transformers import AutoConfig, PreTrainedConfig
 
 
-__all__ = ["DualEncoderConfig", "build_sub_config"]
+__all__ = ["DualEncoderConfig", "build_sub_config", "resolve_vision_pooling"]
 
 TEXT_POOLING_MODES = ("cls", "mean")
-VISION_POOLING_MODES = ("pooler", "cls", "mean")
+VISION_POOLING_MODES = ("auto", "pooler", "cls", "mean")
 SIMILARITY_MODES = ("global", "token_wise")
 TOKEN_REDUCTION_MODES = ("none", "norm", "learned")
 CONTRASTIVE_LOSSES = ("softmax", "sigmoid")
@@ -36,6 +36,20 @@ def build_sub_config(value: PreTrainedConfig | dict | None, default_model_type: 
     return AutoConfig.for_model(model_type, **value)
 
 
+def resolve_vision_pooling(mode: str, vision_config: PreTrainedConfig) -> str:
+    """The concrete pooling `"auto"` stands for with this vision tower.
+
+    A tower whose pooler is a dense layer + activation on the first token (ViT, DeiT: configs with `pooler_act`) gets
+    `"cls"`: that head is trained only by a classification fine-tune, starts random in a fresh model, and its tanh
+    squashes the embeddings of different images together (pairwise cosine near 1 at init). Every other tower keeps its
+    own `pooler_output`: the layer-normed class token for CLIP, the average of the last stage for Swin and ConvNets.
+    Resolved when the config is built, so a saved `config.json` states the pooling the weights were trained with.
+    """
+    if mode != "auto":
+        return mode
+    return "cls" if getattr(vision_config, "pooler_act", None) is not None else "pooler"
+
+
 class DualEncoderConfig(PreTrainedConfig):
     r"""Configuration of a [`DualEncoderModel`]: any transformers text tower plus any vision tower.
 
@@ -52,11 +66,16 @@ class DualEncoderConfig(PreTrainedConfig):
             softmax loss, SigLIP's log(10) with the sigmoid loss.
         logit_scale_max (`float`, *optional*, defaults to 100.0):
             Upper bound of `exp(logit_scale)`, as CLIP clamps it, so training cannot make the softmax degenerate.
-        text_pooling (`str`, *optional*, defaults to `"cls"`):
-            `"cls"` (first token, as Chinese-CLIP) or `"mean"` (mean over non-padding tokens).
-        vision_pooling (`str`, *optional*, defaults to `"pooler"`):
+        text_pooling (`str`, *optional*, defaults to `"mean"`):
+            `"mean"` (mean over non-padding tokens) or `"cls"` (first token, as Chinese-CLIP, whose conversions and
+            presets set it). Mean is the default for new models: at initialisation a BERT's first-token states of
+            different captions are nearly identical (pairwise cosine 0.999 against 0.885 for the mean), and a
+            fresh model pooled that way stays on the ln(batch) loss plateau much longer
+            (`benchmarks/bench_quality.py`, row `text_cls_pooling`).
+        vision_pooling (`str`, *optional*, defaults to `"auto"`):
             `"pooler"` (the tower's own `pooler_output`, falling back to the first token when it has none),
-            `"cls"` or `"mean"`.
+            `"cls"`, `"mean"`, or `"auto"`: the tower's pooler unless it is a dense + tanh classification head
+            (ViT), then `"cls"` (see `resolve_vision_pooling`; stored resolved).
         similarity (`str`, *optional*, defaults to `"global"`):
             `"global"` cosine of pooled embeddings (CLIP) or `"token_wise"` late interaction (FILIP, as Wukong).
         token_reduction (`str`, *optional*, defaults to `"none"`):
@@ -116,8 +135,8 @@ class DualEncoderConfig(PreTrainedConfig):
         projection_dim: int = 512,
         logit_scale_init_value: float | None = None,
         logit_scale_max: float = 100.0,
-        text_pooling: str = "cls",
-        vision_pooling: str = "pooler",
+        text_pooling: str = "mean",
+        vision_pooling: str = "auto",
         similarity: str = "global",
         token_reduction: str = "none",
         image_tokens_kept: int | None = None,
@@ -144,7 +163,7 @@ class DualEncoderConfig(PreTrainedConfig):
         )
         self.logit_scale_max = logit_scale_max
         self.text_pooling = text_pooling
-        self.vision_pooling = vision_pooling
+        self.vision_pooling = resolve_vision_pooling(vision_pooling, self.vision_config)
         self.similarity = similarity
         self.token_reduction = token_reduction
         self.image_tokens_kept = image_tokens_kept
