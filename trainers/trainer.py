@@ -232,20 +232,25 @@ class VLPTrainer(Trainer):
         student = unwrap_model(model)
         if hasattr(student, "get_base_model"):
             student = student.get_base_model()
-        weight = self.args.distill_weight
+        weight, itm_weight = self.args.distill_weight, self.args.distill_itm_weight
+        weights = {
+            "attention_distill_loss": weight,
+            "itc_distill_loss": weight,
+            "itm_distill_loss": weight if itm_weight is None else itm_weight,
+        }
         terms = distillation_loss(
             student,
             self._distill_teacher,
             inputs,
             temperature=self.args.distill_temperature,
-            attention_weight=weight,
-            itc_weight=weight,
-            itm_weight=weight,
+            attention_weight=weights["attention_distill_loss"],
+            itc_weight=weights["itc_distill_loss"],
+            itm_weight=weights["itm_distill_loss"],
             student_output=outputs,
         )
-        distilled = {key: value for key, value in terms.items() if key.endswith("_distill_loss")}
-        distill = sum(distilled.values(), torch.zeros((), device=terms["loss"].device))
-        return {**dict(outputs), **distilled, "distill_loss": weight * distill, "loss": terms["loss"]}
+        distilled = {key: value for key, value in terms.items() if key in weights}
+        distill = sum((weights[key] * value for key, value in distilled.items()), torch.zeros_like(terms["loss"]))
+        return {**dict(outputs), **distilled, "distill_loss": distill, "loss": terms["loss"]}
 
     def compute_loss(
         self,

@@ -110,7 +110,9 @@ class DualEncoderConfig(PreTrainedConfig):
             subset per image; CLS and register tokens are kept), which divides the vision tower's cost by about
             `1 / (1 - rate)`. The full image is used in eval mode, and 0 changes nothing. Only vision transformers
             whose embeddings add absolute position embeddings (ViT, CLIP vision, DINOv2, SigLIP vision) can take
-            it; hierarchical or convolutional towers are refused at construction.
+            it; hierarchical or convolutional towers are refused at construction. Give it when the model is built
+            or loaded (`from_pretrained(..., vision_patch_dropout=0.5)`): the hook is attached then. A fully locked
+            vision tower (LiT) stays in eval mode and so always sees the whole image.
 
     Example:
 

@@ -61,6 +61,23 @@ def test_trainer_distils_into_the_student_and_leaves_the_teacher_frozen(tmp_path
     assert any(not torch.equal(p, before[name]) for name, p in student.named_parameters())
 
 
+def test_the_itm_soft_labels_can_be_weighted_alone_or_skipped(tmp_path):
+    save_teacher(tmp_path / "teacher")
+    args = training_args(tmp_path / "run", distill_teacher=str(tmp_path / "teacher"), distill_itm_weight=0.0)
+    trainer = VLPTrainer(
+        model=tiny_student(),
+        args=args,
+        train_dataset=ImageTextDataset(demo_records(8, image_size=64)),
+        processing_class=processor_for_preset("tiny"),
+    )
+    trainer.train()
+    first = next(entry for entry in trainer.state.log_history if "loss" in entry)
+    assert "itm_distill_loss" not in first  # no batch^2 teacher passes
+    assert first["distill_loss"] == pytest.approx(
+        first["attention_distill_loss"] + first["itc_distill_loss"], rel=1e-4
+    )
+
+
 def test_distillation_refuses_what_cannot_work(tmp_path):
     save_teacher(tmp_path / "teacher")
     DualEncoderModel(DualEncoderConfig.from_preset("tiny")).save_pretrained(tmp_path / "dual")
