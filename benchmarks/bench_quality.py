@@ -305,7 +305,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         args.batch, args.width, args.layers, args.image_size = 32, 32, 1, 32
 
     data = build_real_data(deb=args.deb)
-    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="bench_quality-"))
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="bench_quality-")).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     config = model_config(args.width, args.layers, args.image_size, args.max_length)
     config_path = workdir / "config.json"
