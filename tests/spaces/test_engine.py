@@ -124,8 +124,12 @@ def test_token_wise_model_search_uses_its_similarity():
     processor = hf_vlp.processor_for_preset("tiny-filip")
     space = VLPSpace(model, processor, builtin_gallery(), batch_size=7)  # several batches to concatenate
     result = space.search("一个蓝色的三角形", space.gallery, k=4)
-    expected = _reference_scores(model, processor, ["一个蓝色的三角形"], list(space.gallery.images))[:, 0]
+    with torch.no_grad():  # a text query ranks images by the text-to-image direction (FILIP's, as evaluation does)
+        text = model.encode_text(**{k: v for k, v in processor(text=["一个蓝色的三角形"]).items()})
+        images = model.encode_image(pixel_values=processor(images=list(space.gallery.images))["pixel_values"])
+        expected = model.similarity(images, text)[1][:, 0]
     assert [p for p, _ in result.ranked] == expected.argsort(descending=True, stable=True)[:4].tolist()
+    torch.testing.assert_close(torch.tensor([s for _, s in result.ranked]), expected.sort(descending=True)[0][:4])
 
 
 def test_rank_captions_and_classify_follow_the_scaled_similarity(make_space, untrained):
