@@ -41,6 +41,8 @@ __all__ = [
     "convert_chinese_clip_checkpoint",
     "load_chinese_clip_state_dict",
     "map_chinese_clip_state_dict",
+    "save_chinese_clip_checkpoint",
+    "to_chinese_clip_state_dict",
 ]
 
 # Text length of every Chinese-CLIP model (`cn_clip.clip.tokenize(context_length=52)`).
@@ -280,6 +282,39 @@ def map_chinese_clip_state_dict(state: dict[str, torch.Tensor], config: DualEnco
             )
         )
     return mapped
+
+
+def to_chinese_clip_state_dict(model: DualEncoderModel) -> dict[str, torch.Tensor]:
+    """The inverse of `map_chinese_clip_state_dict`: a converted (or fine-tuned) model's weights under cn-clip's
+    `CLIP` names, for Chinese-CLIP's own tools (its ONNX / TensorRT export, its evaluation scripts)."""
+    state = model.state_dict()
+    names = {ours: theirs for theirs, ours in _vision_key_map(model.config.vision_config.num_hidden_layers).items()}
+    result = {}
+    for key, value in state.items():
+        if key in names:
+            result[names[key]] = value
+        elif key.startswith("text_model."):
+            result["bert." + key.removeprefix("text_model.")] = value
+        elif key in ("visual_projection.weight", "text_projection.weight"):
+            result["visual.proj" if key.startswith("visual") else "text_projection"] = value.t()
+        elif key == "logit_scale":
+            result[key] = value
+        elif ".self_attn.q_proj." in key:
+            layer, kind = key.split(".")[3], key.rsplit(".", 1)[1]
+            parts = [state[key.replace("q_proj", part)] for part in ("q_proj", "k_proj", "v_proj")]
+            result[f"visual.transformer.resblocks.{layer}.attn.in_proj_{kind}"] = torch.cat(parts, dim=0)
+        elif not (".self_attn.k_proj." in key or ".self_attn.v_proj." in key):
+            raise ConversionError(f"{key} has no Chinese-CLIP counterpart (only plain converted models go back)")
+    return result
+
+
+def save_chinese_clip_checkpoint(
+    model: DualEncoderModel, path: str | os.PathLike, epoch: int = 0, step: int = 0, name: str = "hf-vlp"
+) -> None:
+    """Save `model` as Chinese-CLIP's training script saves a checkpoint (`{"epoch", "step", "name",
+    "state_dict"}`, DDP `module.` prefixes), loadable by cn-clip and by `convert_chinese_clip_checkpoint`."""
+    state = {"module." + key: value.contiguous() for key, value in to_chinese_clip_state_dict(model).items()}
+    torch.save({"epoch": epoch, "step": step, "name": name, "state_dict": state}, path)
 
 
 def chinese_clip_processor(image_size: int) -> VLPProcessor:

@@ -133,6 +133,40 @@ class VLPTrainingArguments(TrainingArguments):
         default="一张{}的照片。",
         metadata={"help": "Prompt template of zero-shot classification; '{}' is replaced by the class name."},
     )
+    train_augmentation: bool = field(
+        default=False,
+        metadata={
+            "help": "Retrieval-safe augmentation of training images: a random resized crop by the image processor's "
+            "training mode (never a flip unless the processor's train_horizontal_flip is set: captions say 左/右). "
+            "Training loader only; evaluation always sees whole images."
+        },
+    )
+    train_crop_min_scale: float | None = field(
+        default=None,
+        metadata={
+            "help": "With train_augmentation: the smallest share of the image's area a crop covers (crops cover "
+            "[this, 1.0]); default: the processor's train_crop_scale (0.8 to 1.0)."
+        },
+    )
+    distill_teacher: str | None = field(
+        default=None,
+        metadata={
+            "help": "DiDE: a saved fusion-encoder folder whose cross-modal attention, similarities and match scores a "
+            "dual-encoder student imitates (hf_vlp.distillation.distillation_loss). The teacher is loaded frozen, "
+            "in eval mode, and run without gradients; it must share the student's tokenizer and image tokens."
+        },
+    )
+    distill_weight: float = field(
+        default=1.0,
+        metadata={
+            "help": "With distill_teacher: weight of each distillation term (attention, ITC and ITM soft labels) "
+            "against the student's own contrastive loss (weight 1)."
+        },
+    )
+    distill_temperature: float = field(
+        default=1.0,
+        metadata={"help": "With distill_teacher: softening temperature of the soft labels (KL scaled by T^2)."},
+    )
 
     def __post_init__(self):
         super().__post_init__()
@@ -150,6 +184,10 @@ class VLPTrainingArguments(TrainingArguments):
         if self.retrieval_topk < 1 or self.retrieval_chunk_size < 1:
             raise ValueError("retrieval_topk and retrieval_chunk_size must be >= 1")
         parse_rerank_combine(self.rerank_combine)
+        if self.train_crop_min_scale is not None and not 0.0 < self.train_crop_min_scale <= 1.0:
+            raise ValueError(f"train_crop_min_scale must be in (0, 1], got {self.train_crop_min_scale}")
+        if self.distill_weight < 0 or self.distill_temperature <= 0:
+            raise ValueError("distill_weight must be >= 0 and distill_temperature > 0")
         if "{}" not in self.zero_shot_prompt:
             raise ValueError(
                 f"zero_shot_prompt needs a '{{}}' placeholder for the class name: {self.zero_shot_prompt!r}"
@@ -201,7 +239,13 @@ class ModelArguments:
             "'{\"lock_vision\": true}' for locked-image tuning)."
         },
     )
-    max_length: int | None = field(default=None, metadata={"help": "Text length cap (default: the processor's)."})
+    max_length: int | None = field(
+        default=None,
+        metadata={
+            "help": "Text length in tokens (default: the processor's, 52 for a new model, capped at the text tower's "
+            "positions; a longer value is refused)."
+        },
+    )
     revision: str | None = field(default=None, metadata={"help": "Hub revision of --model / towers / tokenizer."})
     trust_remote_code: bool = field(
         default=False, metadata={"help": "Allow Hub custom code of models that hf-vlp does not register itself."}

@@ -26,6 +26,7 @@ from torch import nn
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils import ModelOutput, logging
+from transformers.utils.generic import can_return_tuple
 
 from .configuration_fusion_encoder import FusionEncoderConfig
 from .contrastive import contrastive_targets, image_text_contrastive_loss, soft_cross_entropy
@@ -224,6 +225,7 @@ class FusionEncoderForRetrieval(VLPPreTrainedModel):
             **kwargs,
         )
 
+    @can_return_tuple
     def get_text_features(
         self,
         input_ids: torch.Tensor,
@@ -231,12 +233,15 @@ class FusionEncoderForRetrieval(VLPPreTrainedModel):
         token_type_ids: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         **kwargs,
-    ) -> BaseModelOutputWithPooling:
-        """Text tower output whose `pooler_output` is the projected (unnormalised) contrastive embedding."""
+    ) -> BaseModelOutputWithPooling | tuple:
+        """Text tower output whose `pooler_output` is the projected (unnormalised) contrastive embedding (a tuple
+        with `return_dict=False` or `config.return_dict=False`, as CLIP)."""
         return self._text_features(input_ids, attention_mask, token_type_ids, position_ids, **kwargs)
 
-    def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling:
-        """Vision tower output whose `pooler_output` is the projected (unnormalised) contrastive embedding."""
+    @can_return_tuple
+    def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling | tuple:
+        """Vision tower output whose `pooler_output` is the projected (unnormalised) contrastive embedding (a tuple
+        with `return_dict=False` or `config.return_dict=False`, as CLIP)."""
         return self._image_features(pixel_values, **kwargs)
 
     def _embeddings(

@@ -20,6 +20,7 @@ from hf_vlp.convert import (
     convert_chinese_clip_checkpoint,
     load_chinese_clip_state_dict,
     map_chinese_clip_state_dict,
+    save_chinese_clip_checkpoint,
 )
 from tests.hf_vlp.cn_clip_reference import import_cn_clip
 
@@ -137,6 +138,29 @@ def test_processor_tokenises_like_cn_clip():
         assert ours[index].tolist() == reference[index].tolist(), sentence
 
 
+def test_bert_base_chinese_tokenizer_has_cn_clips_vocabulary():
+    from hf_vlp import build_chinese_tokenizer
+
+    cn_clip = import_cn_clip()
+    tokenizer = build_chinese_tokenizer("bert-base-chinese")
+    assert len(tokenizer) == 21128 and tokenizer.get_vocab() == dict(cn_clip._tokenizer.vocab)
+    assert len(build_chinese_tokenizer()) < 21128  # the GB2312 builtin stays the default
+    with pytest.raises(ValueError, match="bert-base-chinese"):
+        build_chinese_tokenizer("bert-base-uncased")
+
+
+def test_missing_cn_clip_is_one_message_naming_the_install(monkeypatch):
+    from hf_vlp import build_chinese_tokenizer, cn_clip_assets
+
+    monkeypatch.setattr(cn_clip_assets, "_installed_root", lambda: None)
+    for call in (
+        lambda: build_chinese_tokenizer("bert-base-chinese"),
+        lambda: chinese_clip_checkpoint_config("a", "b"),
+    ):
+        with pytest.raises(cn_clip_assets.CnClipNotInstalledError, match="pip install --no-deps cn-clip"):
+            call()
+
+
 # ------------------------------------------------------------------------------------------------ architectures
 @pytest.mark.parametrize("vision", [name for name in cn_clip_model_names()[0] if name.startswith("ViT")])
 @pytest.mark.parametrize("text", cn_clip_model_names()[1])
@@ -164,6 +188,18 @@ def test_reduced_depth_conversion_matches_reference(vision, text, tmp_path):
     state = map_chinese_clip_state_dict(load_chinese_clip_state_dict(tmp_path / "epoch_latest.pt"), config)
     model = DualEncoderModel.from_pretrained(None, config=config, state_dict=state).eval()
     _assert_same_outputs(reference, model, config.vision_config.image_size, ["一只猫", "海边的城市，2024年"])
+
+
+def test_converted_model_saves_back_to_the_same_chinese_clip_checkpoint(tmp_path):
+    reference, config = _reduced("ViT-B-16", "RBT3-chinese", layers=2)
+    state = map_chinese_clip_state_dict(reference.state_dict(), config)
+    model = DualEncoderModel.from_pretrained(None, config=config, state_dict=state)
+    save_chinese_clip_checkpoint(model, tmp_path / "epoch_latest.pt")
+    saved = torch.load(tmp_path / "epoch_latest.pt", weights_only=True)
+    assert set(saved) == {"epoch", "step", "name", "state_dict"}
+    original = {"module." + key: value for key, value in reference.state_dict().items() if "bert.pooler" not in key}
+    assert saved["state_dict"].keys() == original.keys()
+    assert all(torch.equal(saved["state_dict"][key], value) for key, value in original.items())
 
 
 def test_fp16_checkpoint_converts_to_float32(tmp_path):

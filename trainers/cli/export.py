@@ -25,6 +25,9 @@ def export_main(argv: Sequence[str], prog: str = "hf-vlp export") -> int:
     onnx.add_argument("--opset", type=int, default=17)
     onnx.add_argument("--quantize", choices=("int8",), default=None, help="also write dynamic-int8 graphs")
     args = parser.parse_args(list(argv))
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()  # "Loading weights" bars would bury the one-line answer
 
     from hf_vlp.export import export_onnx
 

@@ -81,7 +81,8 @@ def _add_faiss_flags(parser: argparse.ArgumentParser) -> None:
         "string such as 'IVF4096,PQ64'",
     )
     parser.add_argument("--nlist", type=int, default=None)
-    parser.add_argument("--pq-m", type=int, default=None)
+    parser.add_argument("--pq-m", type=int, default=None, help="PQ sub-quantisers (default: embedding size / 8)")
+    parser.add_argument("--pq-bits", type=int, default=None, help="bits per PQ code (default 8)")
     parser.add_argument("--hnsw-m", type=int, default=32)
     parser.add_argument("--train-size", type=int, default=None, help="training sample of approximate indexes")
     parser.add_argument("--seed", type=int, default=0, help="seed of the training sample")
@@ -89,7 +90,13 @@ def _add_faiss_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _faiss_options(args: argparse.Namespace) -> dict[str, Any]:
-    options = {"nlist": args.nlist, "pq_m": args.pq_m, "hnsw_m": args.hnsw_m, "train_size": args.train_size}
+    options = {
+        "nlist": args.nlist,
+        "pq_m": args.pq_m,
+        "pq_bits": args.pq_bits,
+        "hnsw_m": args.hnsw_m,
+        "train_size": args.train_size,
+    }
     options = {k: v for k, v in options.items() if v is not None}
     options["seed"] = args.seed
     if args.auto_threshold is not None:
@@ -102,6 +109,9 @@ def index_main(argv: Sequence[str], prog: str = "hf-vlp index") -> int:
     from hf_vlp.index import IndexFormatError, IndexModelMismatchError
 
     args = _build_parser(prog).parse_args(list(argv))
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()  # "Loading weights" bars would bury the one-line answer
     try:
         if args.action == "build":
             return _build_command(args)
