@@ -148,10 +148,7 @@ class VLPSpace:
     def can_match(self) -> bool:
         """Whether the model gives a calibrated match probability (匹配概率): `match_probability` with the
         calibration `hf-vlp calibrate` stores in its config, or a fusion ITM head (a probability as it is)."""
-        if not callable(getattr(self.model, "match_probability", None)):
-            return False
-        calibrated = getattr(self.model.config, "match_calibration", None) is not None
-        return calibrated or bool(getattr(self.model, "match_score_is_log_odds", False))
+        return bool(getattr(self.model, "has_match_probability", False))  # remote code saved before it: False
 
     def match_probabilities(self, images: list[Image.Image], texts: list[str]) -> list[float] | None:
         """`model.match_probability` of each (image, text) pair (a side of one is paired with every item of the
