@@ -125,7 +125,7 @@ def test_token_wise_model_search_uses_its_similarity():
     space = VLPSpace(model, processor, builtin_gallery(), batch_size=7)  # several batches to concatenate
     result = space.search("一个蓝色的三角形", space.gallery, k=4)
     with torch.no_grad():  # a text query ranks images by the text-to-image direction (FILIP's, as evaluation does)
-        text = model.encode_text(**{k: v for k, v in processor(text=["一个蓝色的三角形"]).items()})
+        text = model.encode_text(**processor(text=["一个蓝色的三角形"]))
         images = model.encode_image(pixel_values=processor(images=list(space.gallery.images))["pixel_values"])
         expected = model.similarity(images, text)[1][:, 0]
     assert [p for p, _ in result.ranked] == expected.argsort(descending=True, stable=True)[:4].tolist()
