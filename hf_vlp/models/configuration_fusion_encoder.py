@@ -216,6 +216,11 @@ class FusionEncoderConfig(PreTrainedConfig):
                 if getattr(self, name) > 0:
                     raise ValueError(f"{name} > 0 distils from the momentum model: set use_momentum_encoder=True")
 
+    @property
+    def loss_weights(self) -> dict[str, float]:
+        """Weight of each pre-training loss term in the total, keyed by its output field (`itc_loss` ...)."""
+        return {name.replace("_weight", "_loss"): getattr(self, name) for name in LOSS_WEIGHTS}
+
     @classmethod
     def from_preset(cls, name: str, **overrides) -> FusionEncoderConfig:
         """Build a named preset (see `hf_vlp.list_presets("fusion_encoder")`); offline, from the config alone."""
