@@ -7,7 +7,8 @@ cross encoder (a `RerankingModel`: `rerank_scores`) re-ranks each query's top-k.
 and turned into Recall@1/5/10 both ways and mean recall with `hf_vlp.retrieval`, identically on every process.
 Embedding selection, concatenation and gathering are the retrieval core's (`hf_vlp.models.retrieval_core`).
 
-Zero-shot classification encodes one prompt per class (`一张{}的照片。` by default) and scores images against them.
+Zero-shot classification encodes one prompt per class (`DEFAULT_ZERO_SHOT_PROMPT` by default) and scores images
+against them.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from transformers.utils import ModelOutput
 
+from hf_vlp.models.processing_vlp import DEFAULT_ZERO_SHOT_PROMPT
 from hf_vlp.models.retrieval_core import (
     RerankingModel,
     blockwise_topk,
@@ -396,7 +398,7 @@ def evaluate_zero_shot(
     dataset: ZeroShotSet,
     processor: Any,
     runtime: EvalRuntime,
-    prompt: str = "一张{}的照片。",
+    prompt: str = DEFAULT_ZERO_SHOT_PROMPT,
 ) -> dict[str, float]:
     """Zero-shot classification accuracy: `top1` (and `top5` with more than 5 classes), in percent.
 

@@ -476,16 +476,14 @@ class FusionEncoderForRetrieval(VLPPreTrainedModel):
         )
 
     # ---------------------------------------------------------------- construction from other checkpoints
-    def save_pretrained(self, save_directory, *args, **kwargs):
-        # Whichever class saves, the folder must load as either: write both model classes into auto_map.
-        if getattr(self, "_auto_class", None) is not None:
-            module = type(self).__module__.split(".")[-1]
-            auto_map = dict(getattr(self.config, "auto_map", None) or {})
-            auto_map["AutoModel"] = f"{module}.FusionEncoderForRetrieval"
-            auto_map["AutoModelForPreTraining"] = f"{module}.FusionEncoderForPreTraining"
-            auto_map[ZERO_SHOT_AUTO_CLASS] = f"{module}.FusionEncoderForRetrieval"
-            self.config.auto_map = auto_map
-        return super().save_pretrained(save_directory, *args, **kwargs)
+    def _extra_auto_map(self) -> dict[str, str]:
+        # Whichever class saves, the folder must load as either: both model classes go into auto_map.
+        module = type(self).__module__.split(".")[-1]
+        return {
+            "AutoModel": f"{module}.FusionEncoderForRetrieval",
+            "AutoModelForPreTraining": f"{module}.FusionEncoderForPreTraining",
+            ZERO_SHOT_AUTO_CLASS: f"{module}.FusionEncoderForRetrieval",
+        }
 
     def _momentum_keys(self) -> list[str]:
         """State-dict keys of the momentum model (none here; see the pre-training subclass)."""

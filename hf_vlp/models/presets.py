@@ -11,6 +11,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from .processing_vlp import DEFAULT_MAX_LENGTH
+
 
 __all__ = ["PRESETS", "TINY_VOCAB_SIZE", "list_presets", "preset_config_dict", "preset_info"]
 
@@ -80,7 +82,11 @@ PRESETS: dict[str, dict[str, Any]] = {
             "projection_dim": 512,
         },
         "pretrained": {"convert_from": "OFA-Sys/chinese-clip-vit-base-patch16"},
-        "processor": {"image_size": 224, "max_length": 52, "tokenizer": "OFA-Sys/chinese-clip-vit-base-patch16"},
+        "processor": {
+            "image_size": 224,
+            "max_length": DEFAULT_MAX_LENGTH,
+            "tokenizer": "OFA-Sys/chinese-clip-vit-base-patch16",
+        },
     },
     "chinese-clip-vit-large-patch14": {
         "family": "dual_encoder",
@@ -91,7 +97,11 @@ PRESETS: dict[str, dict[str, Any]] = {
             "projection_dim": 768,
         },
         "pretrained": {"convert_from": "OFA-Sys/chinese-clip-vit-large-patch14"},
-        "processor": {"image_size": 224, "max_length": 52, "tokenizer": "OFA-Sys/chinese-clip-vit-large-patch14"},
+        "processor": {
+            "image_size": 224,
+            "max_length": DEFAULT_MAX_LENGTH,
+            "tokenizer": "OFA-Sys/chinese-clip-vit-large-patch14",
+        },
     },
     "wukong-vit-large-filip": {
         "family": "dual_encoder",

@@ -28,6 +28,7 @@ def _processor_for_config(
     """A `VLPProcessor` matching a model config: the vision tower's image size (and mean/std when the tower's own
     image processor can be read), the given tokenizer."""
     from hf_vlp import VLPImageProcessor, VLPProcessor
+    from hf_vlp.models.processing_vlp import DEFAULT_MAX_LENGTH
 
     size = getattr(config.vision_config, "image_size", 224)
     size = size if isinstance(size, int) else size[0]
@@ -42,7 +43,7 @@ def _processor_for_config(
         for key in ("image_mean", "image_std"):
             if getattr(tower_processor, key, None) is not None:
                 kwargs[key] = list(getattr(tower_processor, key))
-    return VLPProcessor(VLPImageProcessor(**kwargs), tokenizer, max_length=max_length or 52)
+    return VLPProcessor(VLPImageProcessor(**kwargs), tokenizer, max_length=max_length or DEFAULT_MAX_LENGTH)
 
 
 def _model_class(config: Any, pretraining: bool) -> Any:
