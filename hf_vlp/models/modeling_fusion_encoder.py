@@ -76,7 +76,7 @@ class FusionRetrievalEmbeddings(RetrievalEmbeddings):
     """A gallery item of a fusion model: the contrastive embedding plus what the cross encoders read.
 
     Args:
-        embeds (`torch.FloatTensor` of shape `(batch, embed_dim)`): L2-normalised contrastive embedding.
+        embeds (`torch.FloatTensor` of shape `(batch, projection_dim)`): L2-normalised contrastive embedding.
         fusion_states (`torch.FloatTensor` of shape `(batch, tokens, tower_hidden_size)`): the tower's token states.
         fusion_mask (`torch.LongTensor` of shape `(batch, tokens)`): 1 for real tokens.
         bridge_states (`torch.FloatTensor` of shape `(batch, num_fusion_layers, tokens, tower_hidden_size)`,
@@ -110,7 +110,7 @@ class FusionEncoderForPreTrainingOutput(ModelOutput):
         feature_distill_loss (`torch.FloatTensor`, *optional*): 1 - cosine of fused features to the momentum model's.
         logits_per_image (`torch.FloatTensor` of shape `(batch, batch)`): scaled in-batch contrastive similarity.
         logits_per_text (`torch.FloatTensor` of shape `(batch, batch)`): its transpose.
-        text_embeds, image_embeds (`torch.FloatTensor` of shape `(batch, embed_dim)`): normalised embeddings.
+        text_embeds, image_embeds (`torch.FloatTensor` of shape `(batch, projection_dim)`): normalised embeddings.
         itm_logits (`torch.FloatTensor` of shape `(3 * batch, 2)`): ITM logits of positives, then (text, negative
             image) pairs, then (negative text, image) pairs.
         itm_labels (`torch.LongTensor` of shape `(3 * batch,)`): 1, 0, or -100 for a row without a valid negative.
@@ -190,8 +190,8 @@ class FusionEncoderForRetrieval(VLPPreTrainedModel):
         setattr(self, "text_model" + suffix, build_tower(config.text_config, drop_pooler=True))
         vision_model = build_tower(config.vision_config, drop_pooler=config.vision_pooling != "pooler")
         setattr(self, "vision_model" + suffix, vision_model)
-        setattr(self, "text_projection" + suffix, nn.Linear(text_size, config.embed_dim, bias=False))
-        setattr(self, "visual_projection" + suffix, nn.Linear(vision_size, config.embed_dim, bias=False))
+        setattr(self, "text_projection" + suffix, nn.Linear(text_size, config.projection_dim, bias=False))
+        setattr(self, "visual_projection" + suffix, nn.Linear(vision_size, config.projection_dim, bias=False))
         # R2D2's text-image cross encoder (ALBEF's only one): text tokens query the image tokens.
         setattr(self, "text_fusion" + suffix, CrossModalEncoder(config, text_size, vision_size))
         if config.fusion_mode == "two_way":
@@ -500,7 +500,7 @@ class FusionEncoderForRetrieval(VLPPreTrainedModel):
 
         Towers, contrastive projections and the temperature are copied; the cross encoders (and the MLM head) are
         new; in the pre-training model the momentum model is a copy of the result. The contrastive head keeps the
-        dual encoder's width (`embed_dim = projection_dim`) and pooling; other keyword arguments (e.g.
+        dual encoder's width (`projection_dim`) and pooling; other keyword arguments (e.g.
         `num_fusion_layers`, `fusion_mode`, `queue_size`) go to [`FusionEncoderConfig`]. `hub_kwargs` (e.g.
         `revision`, `token`) go to `from_pretrained` when a path or id is given.
         """
@@ -518,7 +518,7 @@ class FusionEncoderForRetrieval(VLPPreTrainedModel):
         inherited = {
             "text_config": source.text_config.to_dict(),
             "vision_config": source.vision_config.to_dict(),
-            "embed_dim": source.projection_dim,
+            "projection_dim": source.projection_dim,
             "logit_scale_max": source.logit_scale_max,
             "text_pooling": source.text_pooling,
             "vision_pooling": source.vision_pooling,
@@ -577,8 +577,8 @@ class FusionEncoderForPreTraining(FusionEncoderForRetrieval):
             self.mlm_head_m = MaskedLMHead(*head_args)
             tied["mlm_head_m.decoder.weight"] = f"text_model_m.{embedding_name}"
             if config.queue_size > 0:
-                self.register_buffer("image_queue", torch.zeros(config.queue_size, config.embed_dim))
-                self.register_buffer("text_queue", torch.zeros(config.queue_size, config.embed_dim))
+                self.register_buffer("image_queue", torch.zeros(config.queue_size, config.projection_dim))
+                self.register_buffer("text_queue", torch.zeros(config.queue_size, config.projection_dim))
                 # Image id of each queued pair (-1: unknown), so captions of a batch's images are not negatives.
                 self.register_buffer("id_queue", torch.full((config.queue_size,), -1, dtype=torch.long))
                 self.register_buffer("queue_ptr", torch.zeros(1, dtype=torch.long))
