@@ -69,10 +69,16 @@ class DualEncoderOutput(ModelOutput):
     vision_model_output: BaseModelOutputWithPooling | None = None
 
     def to_tuple(self) -> tuple[Any, ...]:
-        return tuple(
-            self[k] if k not in ("text_model_output", "vision_model_output") else getattr(self, k).to_tuple()
-            for k in self.keys()
-        )
+        return tuple_with_tower_outputs(self)
+
+
+def tuple_with_tower_outputs(output: ModelOutput) -> tuple[Any, ...]:
+    """`output.to_tuple()` where the towers' own outputs (`text_model_output`, `vision_model_output`) become tuples
+    too, as transformers' CLIP output does."""
+    return tuple(
+        output[k] if k not in ("text_model_output", "vision_model_output") else getattr(output, k).to_tuple()
+        for k in output
+    )
 
 
 class TokenReducer(nn.Module):

@@ -45,7 +45,13 @@ from .fusion_objectives import (
     sample_hard_negatives,
     soft_target_loss,
 )
-from .modeling_dual_encoder import ZERO_SHOT_AUTO_CLASS, DualEncoderModel, DualEncoderOutput, VLPPreTrainedModel
+from .modeling_dual_encoder import (
+    ZERO_SHOT_AUTO_CLASS,
+    DualEncoderModel,
+    DualEncoderOutput,
+    VLPPreTrainedModel,
+    tuple_with_tower_outputs,
+)
 from .retrieval_core import (
     RetrievalEmbeddings,
     blockwise_topk,
@@ -134,10 +140,7 @@ class FusionEncoderForPreTrainingOutput(ModelOutput):
     vision_model_output: BaseModelOutputWithPooling | None = None
 
     def to_tuple(self) -> tuple[Any, ...]:
-        return tuple(
-            self[k] if k not in ("text_model_output", "vision_model_output") else getattr(self, k).to_tuple()
-            for k in self.keys()
-        )
+        return tuple_with_tower_outputs(self)
 
 
 class FusionEncoderForRetrieval(VLPPreTrainedModel):
