@@ -436,3 +436,15 @@ def test_trained_model_finds_every_scene(trained_space):
     labels = ["红色的圆形", "绿色的正方形", "蓝色的三角形", "黄色的星形"]
     probs = trained_space.classify(gallery.images[10], labels, "一个{}")  # images[10]: 一个蓝色的三角形
     assert max(probs, key=probs.get) == "蓝色的三角形"
+
+
+def test_the_engine_never_imports_gradio():
+    """Gradio is the optional `[space]` extra: the engine, the launcher's parsing and publishing work without it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, hf_vlp.space, hf_vlp.space.engine, hf_vlp.space.indexed, hf_vlp.space.launch, "
+        "hf_vlp.space.publish; assert 'gradio' not in sys.modules, 'gradio imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
