@@ -27,6 +27,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from transformers.utils import ModelOutput
 
+from hf_vlp.models.processing_vlp import DEFAULT_ZERO_SHOT_PROMPT
 from hf_vlp.models.retrieval_core import (
     RerankingModel,
     blockwise_topk,
@@ -45,7 +46,7 @@ from hf_vlp.retrieval import (
     retrieval_recall_from_topk,
     zero_shot_accuracy,
 )
-from hf_vlp.zero_shot import DEFAULT_TEMPLATE, class_prompts, template_ensemble_scores
+from hf_vlp.zero_shot import class_prompts, template_ensemble_scores
 from trainers.data import BadSampleError, EvalGallery, decode_image
 
 
@@ -416,7 +417,7 @@ def evaluate_zero_shot(
     dataset: ZeroShotSet,
     processor: Any,
     runtime: EvalRuntime,
-    prompt: str | Sequence[str] = DEFAULT_TEMPLATE,
+    prompt: str | Sequence[str] = DEFAULT_ZERO_SHOT_PROMPT,
 ) -> dict[str, float]:
     """Zero-shot classification accuracy: `top1` (and `top5` with more than 5 classes), in percent.
 

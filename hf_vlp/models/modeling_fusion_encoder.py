@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 from collections.abc import Collection
 from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -45,7 +46,13 @@ from .fusion_objectives import (
     sample_hard_negatives,
     soft_target_loss,
 )
-from .modeling_dual_encoder import ZERO_SHOT_AUTO_CLASS, DualEncoderModel, DualEncoderOutput, VLPPreTrainedModel
+from .modeling_dual_encoder import (
+    ZERO_SHOT_AUTO_CLASS,
+    DualEncoderModel,
+    DualEncoderOutput,
+    VLPPreTrainedModel,
+    tuple_with_tower_outputs,
+)
 from .retrieval_core import (
     RetrievalEmbeddings,
     blockwise_topk,
@@ -76,7 +83,7 @@ class FusionRetrievalEmbeddings(RetrievalEmbeddings):
     """A gallery item of a fusion model: the contrastive embedding plus what the cross encoders read.
 
     Args:
-        embeds (`torch.FloatTensor` of shape `(batch, embed_dim)`): L2-normalised contrastive embedding.
+        embeds (`torch.FloatTensor` of shape `(batch, projection_dim)`): L2-normalised contrastive embedding.
         fusion_states (`torch.FloatTensor` of shape `(batch, tokens, tower_hidden_size)`): the tower's token states.
         fusion_mask (`torch.LongTensor` of shape `(batch, tokens)`): 1 for real tokens.
         bridge_states (`torch.FloatTensor` of shape `(batch, num_fusion_layers, tokens, tower_hidden_size)`,
@@ -110,10 +117,12 @@ class FusionEncoderForPreTrainingOutput(ModelOutput):
         feature_distill_loss (`torch.FloatTensor`, *optional*): 1 - cosine of fused features to the momentum model's.
         logits_per_image (`torch.FloatTensor` of shape `(batch, batch)`): scaled in-batch contrastive similarity.
         logits_per_text (`torch.FloatTensor` of shape `(batch, batch)`): its transpose.
-        text_embeds, image_embeds (`torch.FloatTensor` of shape `(batch, embed_dim)`): normalised embeddings.
+        text_embeds, image_embeds (`torch.FloatTensor` of shape `(batch, projection_dim)`): normalised embeddings.
         itm_logits (`torch.FloatTensor` of shape `(3 * batch, 2)`): ITM logits of positives, then (text, negative
             image) pairs, then (negative text, image) pairs.
         itm_labels (`torch.LongTensor` of shape `(3 * batch,)`): 1, 0, or -100 for a row without a valid negative.
+        text_model_output, vision_model_output: the online towers' own outputs (attentions and hidden states with
+            `output_attentions` / `output_hidden_states`).
     """
 
     loss: torch.FloatTensor | None = None
@@ -128,6 +137,11 @@ class FusionEncoderForPreTrainingOutput(ModelOutput):
     image_embeds: torch.FloatTensor | None = None
     itm_logits: torch.FloatTensor | None = None
     itm_labels: torch.LongTensor | None = None
+    text_model_output: BaseModelOutputWithPooling | None = None
+    vision_model_output: BaseModelOutputWithPooling | None = None
+
+    def to_tuple(self) -> tuple[Any, ...]:
+        return tuple_with_tower_outputs(self)
 
 
 class FusionEncoderForRetrieval(VLPPreTrainedModel):
@@ -180,8 +194,8 @@ class FusionEncoderForRetrieval(VLPPreTrainedModel):
         setattr(self, "text_model" + suffix, build_tower(config.text_config, drop_pooler=True))
         vision_model = build_tower(config.vision_config, drop_pooler=config.vision_pooling != "pooler")
         setattr(self, "vision_model" + suffix, vision_model)
-        setattr(self, "text_projection" + suffix, nn.Linear(text_size, config.embed_dim, bias=False))
-        setattr(self, "visual_projection" + suffix, nn.Linear(vision_size, config.embed_dim, bias=False))
+        setattr(self, "text_projection" + suffix, nn.Linear(text_size, config.projection_dim, bias=False))
+        setattr(self, "visual_projection" + suffix, nn.Linear(vision_size, config.projection_dim, bias=False))
         # R2D2's text-image cross encoder (ALBEF's only one): text tokens query the image tokens.
         setattr(self, "text_fusion" + suffix, CrossModalEncoder(config, text_size, vision_size))
         if config.fusion_mode == "two_way":
@@ -476,16 +490,14 @@ class FusionEncoderForRetrieval(VLPPreTrainedModel):
         )
 
     # ---------------------------------------------------------------- construction from other checkpoints
-    def save_pretrained(self, save_directory, *args, **kwargs):
-        # Whichever class saves, the folder must load as either: write both model classes into auto_map.
-        if getattr(self, "_auto_class", None) is not None:
-            module = type(self).__module__.split(".")[-1]
-            auto_map = dict(getattr(self.config, "auto_map", None) or {})
-            auto_map["AutoModel"] = f"{module}.FusionEncoderForRetrieval"
-            auto_map["AutoModelForPreTraining"] = f"{module}.FusionEncoderForPreTraining"
-            auto_map[ZERO_SHOT_AUTO_CLASS] = f"{module}.FusionEncoderForRetrieval"
-            self.config.auto_map = auto_map
-        return super().save_pretrained(save_directory, *args, **kwargs)
+    def _extra_auto_map(self) -> dict[str, str]:
+        # Whichever class saves, the folder must load as either: both model classes go into auto_map.
+        module = type(self).__module__.split(".")[-1]
+        return {
+            "AutoModel": f"{module}.FusionEncoderForRetrieval",
+            "AutoModelForPreTraining": f"{module}.FusionEncoderForPreTraining",
+            ZERO_SHOT_AUTO_CLASS: f"{module}.FusionEncoderForRetrieval",
+        }
 
     def _momentum_keys(self) -> list[str]:
         """State-dict keys of the momentum model (none here; see the pre-training subclass)."""
@@ -502,7 +514,7 @@ class FusionEncoderForRetrieval(VLPPreTrainedModel):
 
         Towers, contrastive projections and the temperature are copied; the cross encoders (and the MLM head) are
         new; in the pre-training model the momentum model is a copy of the result. The contrastive head keeps the
-        dual encoder's width (`embed_dim = projection_dim`) and pooling; other keyword arguments (e.g.
+        dual encoder's width (`projection_dim`) and pooling; other keyword arguments (e.g.
         `num_fusion_layers`, `fusion_mode`, `queue_size`) go to [`FusionEncoderConfig`]. `hub_kwargs` (e.g.
         `revision`, `token`) go to `from_pretrained` when a path or id is given.
         """
@@ -520,7 +532,7 @@ class FusionEncoderForRetrieval(VLPPreTrainedModel):
         inherited = {
             "text_config": source.text_config.to_dict(),
             "vision_config": source.vision_config.to_dict(),
-            "embed_dim": source.projection_dim,
+            "projection_dim": source.projection_dim,
             "logit_scale_max": source.logit_scale_max,
             "text_pooling": source.text_pooling,
             "vision_pooling": source.vision_pooling,
@@ -579,8 +591,8 @@ class FusionEncoderForPreTraining(FusionEncoderForRetrieval):
             self.mlm_head_m = MaskedLMHead(*head_args)
             tied["mlm_head_m.decoder.weight"] = f"text_model_m.{embedding_name}"
             if config.queue_size > 0:
-                self.register_buffer("image_queue", torch.zeros(config.queue_size, config.embed_dim))
-                self.register_buffer("text_queue", torch.zeros(config.queue_size, config.embed_dim))
+                self.register_buffer("image_queue", torch.zeros(config.queue_size, config.projection_dim))
+                self.register_buffer("text_queue", torch.zeros(config.queue_size, config.projection_dim))
                 # Image id of each queued pair (-1: unknown), so captions of a batch's images are not negatives.
                 self.register_buffer("id_queue", torch.full((config.queue_size,), -1, dtype=torch.long))
                 self.register_buffer("queue_ptr", torch.zeros(1, dtype=torch.long))
@@ -633,6 +645,39 @@ class FusionEncoderForPreTraining(FusionEncoderForRetrieval):
         triples = self._momentum_triples()
         if triples:
             ema_update_([m for _, _, m in triples], [p for _, p, _ in triples], self.config.momentum)
+
+    def resize_token_embeddings(
+        self, new_num_tokens: int | None = None, pad_to_multiple_of: int | None = None, mean_resizing: bool = True
+    ) -> nn.Embedding:
+        """Resize the vocabulary of the online model (text tower, tied MLM decoder) and of the momentum copy.
+
+        The momentum model reads the same token ids (its text tower and `mlm_head_m`, tied the same way), so it
+        is resized to the same size; it keeps its own rows for the existing ids and starts the new ids' rows as
+        copies of the online ones, as `copy_params()` would.
+        """
+        embeddings = super().resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
+        if getattr(self, "text_model_m", None) is None:
+            return embeddings
+        momentum = self.text_model_m.get_input_embeddings()
+        if momentum.num_embeddings != embeddings.num_embeddings:
+            resized = nn.Embedding(
+                embeddings.num_embeddings,
+                embeddings.embedding_dim,
+                padding_idx=momentum.padding_idx,
+                device=embeddings.weight.device,
+                dtype=embeddings.weight.dtype,
+            )
+            decoder = self.mlm_head_m.decoder
+            bias = None if decoder.bias is None else _resized_rows(decoder.bias, self.mlm_head.decoder.bias)
+            with torch.no_grad():
+                resized.weight.copy_(_resized_rows(momentum.weight, embeddings.weight))
+            self.text_model_m.set_input_embeddings(resized)
+            decoder.weight = resized.weight  # the tie of `_build_modules`
+            decoder.out_features = embeddings.num_embeddings
+            if bias is not None:
+                decoder.bias = nn.Parameter(bias)
+            self.freeze_momentum()
+        return embeddings
 
     def _after_load(self, missing_keys: list[str]) -> None:
         # A checkpoint without (part of) the momentum model, e.g. a retrieval or dual-encoder checkpoint: the missing
@@ -725,6 +770,128 @@ class FusionEncoderForPreTraining(FusionEncoderForRetrieval):
             )
         return negative_image, negative_text, labels
 
+    def _itc_terms(self, batch: _PreTrainingBatch) -> dict[str, torch.Tensor]:
+        """Image-text contrastive loss before fusion: ALBEF's momentum keys, queue and distillation when the model
+        has a momentum encoder, the in-batch (gathered) InfoNCE otherwise."""
+        if self.config.itc_weight == 0:
+            return {}
+        if batch.image_m is not None and batch.text_m is not None:
+            loss = self._momentum_itc(
+                batch.image, batch.text, batch.image_m, batch.text_m, batch.image_ids, batch.alpha, batch.logit_scale
+            )
+        else:
+            loss = self._in_batch_itc(batch.image.embeds, batch.text.embeds, batch.logit_scale, batch.image_ids)
+        return {"itc_loss": loss}
+
+    def _itm_terms(self, batch: _PreTrainingBatch) -> _ItmTerms:
+        """ITM on the B positives and up to 2B in-batch hard negatives, and R2D2's target-guided distillation
+        against the momentum model's ITM predictions on the same pairs."""
+        config = self.config
+        if config.itm_weight == 0 and config.target_distill_weight == 0:
+            return _ItmTerms({}, None, None, None)
+        image, text, image_m, text_m = batch.image, batch.text, batch.image_m, batch.text_m
+        scale = config.itm_negative_scale if config.itm_negative_scale is not None else batch.logit_scale.detach()
+        negative_image, negative_text, itm_labels = self._itm_pairs(
+            scale * (image.embeds @ text.embeds.t()).detach(), batch.image_ids, batch.input_ids
+        )
+        cat = FusionRetrievalEmbeddings.cat
+        student = self.cross_encode(
+            cat([image, image.select(negative_image), image]), cat([text, text, text.select(negative_text)])
+        )
+        student_logits = _per_encoder_logits(student)
+        losses: dict[str, torch.Tensor] = {}
+        if config.itm_weight > 0:
+            losses["itm_loss"] = torch.stack(
+                [F.cross_entropy(logits, itm_labels, ignore_index=IGNORE_INDEX) for logits in student_logits]
+            ).mean()
+        teacher_positive = None
+        if config.target_distill_weight > 0:
+            with torch.no_grad():
+                teacher = self.cross_encode(
+                    cat([image_m, image_m.select(negative_image), image_m]),
+                    cat([text_m, text_m, text_m.select(negative_text)]),
+                    momentum=True,
+                )
+                size = batch.input_ids.shape[0]
+                teacher_positive = (
+                    teacher.text_hidden_state[:size],
+                    None if teacher.image_hidden_state is None else teacher.image_hidden_state[:size],
+                )
+            valid = (itm_labels != IGNORE_INDEX).float()
+            losses["target_distill_loss"] = torch.stack(
+                [
+                    soft_target_loss(s, t.softmax(-1), valid)
+                    for s, t in zip(student_logits, _per_encoder_logits(teacher))
+                ]
+            ).mean()
+        return _ItmTerms(losses, student.itm_logits, itm_labels, teacher_positive)
+
+    def _masked_pass(self, batch: _PreTrainingBatch) -> _MaskedPass:
+        """Mask the captions (MLM's masking) and fuse them with the images: what MLM and feature distillation read."""
+        config = self.config
+        masked_ids, labels = mask_tokens(
+            batch.input_ids,
+            batch.attention_mask,
+            config.mlm_probability,
+            config.mask_token_id,
+            self.text_model.get_input_embeddings().num_embeddings,
+            config.special_token_ids,
+        )
+        masked_text = self._embeddings(
+            self._text_features(masked_ids, batch.attention_mask, batch.token_type_ids, batch.position_ids),
+            batch.attention_mask,
+        )
+        fused = self.cross_encode(batch.image, masked_text, image_stream=config.feature_distill_weight > 0)
+        return _MaskedPass(masked_ids, labels, fused)
+
+    def _mlm_terms(self, batch: _PreTrainingBatch, masked: _MaskedPass) -> dict[str, torch.Tensor]:
+        """Masked language modelling conditioned on the image, with the momentum model's soft targets (alpha)."""
+        if self.config.mlm_weight == 0:
+            return {}
+        # Only the masked tokens (~mlm_probability of them) reach the vocabulary projection, online and momentum:
+        # same loss and gradients as scoring every position, a fraction of the FLOPs and memory.
+        index = masked_token_index(masked.labels)
+        soft_targets = None
+        if batch.alpha > 0:
+            with torch.no_grad():
+                masked_text_m = self._embeddings(
+                    self._text_features(
+                        masked.input_ids, batch.attention_mask, batch.token_type_ids, batch.position_ids, momentum=True
+                    ),
+                    batch.attention_mask,
+                )
+                fused_m = self.cross_encode(batch.image_m, masked_text_m, momentum=True, image_stream=False)
+                soft_targets = self.mlm_head_m(_gather_tokens(fused_m.text_hidden_state, index)).softmax(-1)
+        loss = masked_lm_loss(
+            self.mlm_head(_gather_tokens(masked.fused.text_hidden_state, index)),
+            masked.labels.flatten().index_select(0, index),
+            soft_targets,
+            batch.alpha,
+        )
+        return {"mlm_loss": loss}
+
+    def _feature_distillation(
+        self,
+        batch: _PreTrainingBatch,
+        masked: _MaskedPass,
+        teacher_positive: tuple[torch.Tensor, torch.Tensor | None] | None,
+    ) -> dict[str, torch.Tensor]:
+        """R2D2's feature-guided distillation: the student's fused features of the masked text match the momentum
+        model's of the full text (those of the ITM step's positive pairs when it ran)."""
+        if self.config.feature_distill_weight == 0:
+            return {}
+        if teacher_positive is None:
+            with torch.no_grad():
+                teacher = self.cross_encode(batch.image_m, batch.text_m, momentum=True)
+                teacher_positive = (teacher.text_hidden_state, teacher.image_hidden_state)
+        student = masked.fused
+        distances = [feature_distillation_loss(student.text_hidden_state, teacher_positive[0], batch.attention_mask)]
+        if student.image_hidden_state is not None:
+            distances.append(
+                feature_distillation_loss(student.image_hidden_state, teacher_positive[1], batch.image.fusion_mask)
+            )
+        return {"feature_distill_loss": torch.stack(distances).mean()}
+
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -735,9 +902,15 @@ class FusionEncoderForPreTraining(FusionEncoderForRetrieval):
         return_loss: bool = True,
         image_ids: torch.LongTensor | None = None,
         alpha: float | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
     ) -> FusionEncoderForPreTrainingOutput | FusionEncoderOutput | tuple:
         r"""Compute every enabled pre-training objective on a batch of aligned (image, text) pairs.
+
+        The objectives are named steps sharing one `_PreTrainingBatch`: `_itc_terms`, `_itm_terms` (with target
+        distillation), `_mlm_terms` and `_feature_distillation` (both on one `_masked_pass`); the total is
+        `sum(config.loss_weights[term] * term)`.
 
         Args:
             return_loss (`bool`, *optional*, defaults to `True`): `False` gives the contrastive output of
@@ -747,21 +920,28 @@ class FusionEncoderForPreTraining(FusionEncoderForRetrieval):
                 negatives. Identical captions are never ITM negatives either way.
             alpha (`float`, *optional*): momentum distillation weight for this step (default
                 `config.distill_alpha`); ALBEF ramps it up from 0 over the first epoch.
+            output_attentions, output_hidden_states (`bool`, *optional*): passed to the (online) towers, whose
+                outputs are returned as `text_model_output` / `vision_model_output`.
         """
         if not return_loss:
             return super().forward(
-                input_ids, pixel_values, attention_mask, token_type_ids, position_ids, return_dict=return_dict
+                input_ids,
+                pixel_values,
+                attention_mask,
+                token_type_ids,
+                position_ids,
+                output_attentions=output_attentions,
+                output_hidden_states=output_hidden_states,
+                return_dict=return_dict,
             )
         config = self.config
         momentum = config.use_momentum_encoder
         alpha = config.distill_alpha if alpha is None else alpha
-        alpha = alpha if momentum else 0.0
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        image = self._embeddings(self._image_features(pixel_values), None)
-        text = self._embeddings(
-            self._text_features(input_ids, attention_mask, token_type_ids, position_ids), attention_mask
-        )
+        tower_kwargs = present(output_attentions=output_attentions, output_hidden_states=output_hidden_states)
+        image_features = self._image_features(pixel_values, **tower_kwargs)
+        text_features = self._text_features(input_ids, attention_mask, token_type_ids, position_ids, **tower_kwargs)
         image_m = text_m = None
         if momentum:
             with torch.no_grad():
@@ -770,119 +950,89 @@ class FusionEncoderForPreTraining(FusionEncoderForRetrieval):
                     attention_mask,
                 )
                 image_m = self._embeddings(self._image_features(pixel_values, momentum=True), None)
-        logit_scale = self.get_logit_scale()
-        logits_per_image = logit_scale * image.embeds @ text.embeds.t()
-        losses: dict[str, torch.Tensor] = {}
+        batch = _PreTrainingBatch(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            image_ids=image_ids,
+            image=self._embeddings(image_features, None),
+            text=self._embeddings(text_features, attention_mask),
+            image_m=image_m,
+            text_m=text_m,
+            logit_scale=self.get_logit_scale(),
+            alpha=alpha if momentum else 0.0,
+        )
 
-        if config.itc_weight > 0:
-            if momentum:
-                losses["itc_loss"] = self._momentum_itc(image, text, image_m, text_m, image_ids, alpha, logit_scale)
-            else:
-                losses["itc_loss"] = self._in_batch_itc(image.embeds, text.embeds, logit_scale, image_ids)
-
-        itm_logits = itm_labels = teacher_positive = None
-        if config.itm_weight > 0 or config.target_distill_weight > 0:
-            scale = config.itm_negative_scale if config.itm_negative_scale is not None else logit_scale.detach()
-            negative_image, negative_text, itm_labels = self._itm_pairs(
-                scale * (image.embeds @ text.embeds.t()).detach(), image_ids, input_ids
-            )
-            cat = FusionRetrievalEmbeddings.cat
-            pair_images = cat([image, image.select(negative_image), image])
-            pair_texts = cat([text, text, text.select(negative_text)])
-            student = self.cross_encode(pair_images, pair_texts)
-            itm_logits = student.itm_logits
-            student_logits = _per_encoder_logits(student)
-            if config.itm_weight > 0:
-                losses["itm_loss"] = torch.stack(
-                    [F.cross_entropy(logits, itm_labels, ignore_index=IGNORE_INDEX) for logits in student_logits]
-                ).mean()
-            if config.target_distill_weight > 0:
-                with torch.no_grad():
-                    teacher = self.cross_encode(
-                        cat([image_m, image_m.select(negative_image), image_m]),
-                        cat([text_m, text_m, text_m.select(negative_text)]),
-                        momentum=True,
-                    )
-                    batch = input_ids.shape[0]
-                    teacher_positive = (
-                        teacher.text_hidden_state[:batch],
-                        None if teacher.image_hidden_state is None else teacher.image_hidden_state[:batch],
-                    )
-                valid = (itm_labels != IGNORE_INDEX).float()
-                losses["target_distill_loss"] = torch.stack(
-                    [
-                        soft_target_loss(s, t.softmax(-1), valid)
-                        for s, t in zip(student_logits, _per_encoder_logits(teacher))
-                    ]
-                ).mean()
-
+        losses = self._itc_terms(batch)
+        itm = self._itm_terms(batch)
+        losses.update(itm.losses)
         if config.mlm_weight > 0 or config.feature_distill_weight > 0:
-            vocab_size = self.text_model.get_input_embeddings().num_embeddings
-            masked_ids, mlm_labels = mask_tokens(
-                input_ids,
-                attention_mask,
-                config.mlm_probability,
-                config.mask_token_id,
-                vocab_size,
-                config.special_token_ids,
-            )
-            masked_text = self._embeddings(
-                self._text_features(masked_ids, attention_mask, token_type_ids, position_ids), attention_mask
-            )
-            student = self.cross_encode(image, masked_text, image_stream=config.feature_distill_weight > 0)
-            if config.mlm_weight > 0:
-                # Only the masked tokens (~mlm_probability of them) reach the vocabulary projection, online and
-                # momentum: same loss and gradients as scoring every position, a fraction of the FLOPs and memory.
-                index = masked_token_index(mlm_labels)
-                soft_targets = None
-                if alpha > 0:
-                    with torch.no_grad():
-                        masked_text_m = self._embeddings(
-                            self._text_features(
-                                masked_ids, attention_mask, token_type_ids, position_ids, momentum=True
-                            ),
-                            attention_mask,
-                        )
-                        fused_m = self.cross_encode(image_m, masked_text_m, momentum=True, image_stream=False)
-                        soft_targets = self.mlm_head_m(_gather_tokens(fused_m.text_hidden_state, index)).softmax(-1)
-                losses["mlm_loss"] = masked_lm_loss(
-                    self.mlm_head(_gather_tokens(student.text_hidden_state, index)),
-                    mlm_labels.flatten().index_select(0, index),
-                    soft_targets,
-                    alpha,
-                )
-            if config.feature_distill_weight > 0:
-                if teacher_positive is None:
-                    with torch.no_grad():
-                        teacher = self.cross_encode(image_m, text_m, momentum=True)
-                        teacher_positive = (teacher.text_hidden_state, teacher.image_hidden_state)
-                distances = [feature_distillation_loss(student.text_hidden_state, teacher_positive[0], attention_mask)]
-                if student.image_hidden_state is not None:
-                    distances.append(
-                        feature_distillation_loss(student.image_hidden_state, teacher_positive[1], image.fusion_mask)
-                    )
-                losses["feature_distill_loss"] = torch.stack(distances).mean()
+            masked = self._masked_pass(batch)
+            losses.update(self._mlm_terms(batch, masked))
+            losses.update(self._feature_distillation(batch, masked, itm.teacher_positive))
 
-        weights = {
-            "itc_loss": config.itc_weight,
-            "itm_loss": config.itm_weight,
-            "mlm_loss": config.mlm_weight,
-            "target_distill_loss": config.target_distill_weight,
-            "feature_distill_loss": config.feature_distill_weight,
-        }
-        total = sum(weights[name] * value for name, value in losses.items()) if losses else None
+        weights = config.loss_weights
+        logits_per_image = batch.logit_scale * batch.image.embeds @ batch.text.embeds.t()
         output = FusionEncoderForPreTrainingOutput(
-            loss=total,
+            loss=sum(weights[name] * value for name, value in losses.items()) if losses else None,
             **losses,
             logits_per_image=logits_per_image,
             logits_per_text=logits_per_image.t(),
-            text_embeds=text.embeds,
-            image_embeds=image.embeds,
-            itm_logits=itm_logits,
-            itm_labels=itm_labels,
+            text_embeds=batch.text.embeds,
+            image_embeds=batch.image.embeds,
+            itm_logits=itm.logits,
+            itm_labels=itm.labels,
+            text_model_output=text_features,
+            vision_model_output=image_features,
         )
         use_return_dict = return_dict if return_dict is not None else config.return_dict
         return output if use_return_dict else output.to_tuple()
+
+
+@dataclass
+class _PreTrainingBatch:
+    """What the objective steps of one pre-training forward share: the inputs, the online and momentum
+    embeddings (token states included), the temperature and this step's distillation weight."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    token_type_ids: torch.Tensor | None
+    position_ids: torch.Tensor | None
+    image_ids: torch.Tensor | None
+    image: FusionRetrievalEmbeddings
+    text: FusionRetrievalEmbeddings
+    image_m: FusionRetrievalEmbeddings | None
+    text_m: FusionRetrievalEmbeddings | None
+    logit_scale: torch.Tensor
+    alpha: float
+
+
+class _ItmTerms(NamedTuple):
+    """The ITM step's losses and outputs; `teacher_positive` (the momentum model's fused states of the positive
+    pairs, computed for target distillation) is reused by feature distillation."""
+
+    losses: dict[str, torch.Tensor]
+    logits: torch.Tensor | None
+    labels: torch.Tensor | None
+    teacher_positive: tuple[torch.Tensor, torch.Tensor | None] | None
+
+
+class _MaskedPass(NamedTuple):
+    """The masked captions, their MLM labels and the cross encoder's output on them."""
+
+    input_ids: torch.Tensor
+    labels: torch.Tensor
+    fused: CrossEncoderOutput
+
+
+def _resized_rows(own: torch.Tensor, online: torch.Tensor) -> torch.Tensor:
+    """A momentum tensor resized along dim 0 to the online one's length: its own rows where both have them, the
+    online rows beyond (detached copies)."""
+    rows = min(own.shape[0], online.shape[0])
+    resized = online.detach().clone()
+    resized[:rows] = own.detach()[:rows]
+    return resized
 
 
 def _gather_tokens(states: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
