@@ -29,7 +29,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
-import importlib.util
+import importlib
 import json
 import os
 import platform
@@ -49,12 +49,10 @@ DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}
 
 
 def _load_retrieval():
-    """Load ``hf_vlp/retrieval.py`` by path: it needs only torch, and skipping the package ``__init__`` (which
-    imports transformers) keeps every measurement subprocess start-up short and its baseline memory small."""
-    spec = importlib.util.spec_from_file_location("hf_vlp_retrieval", REPO_ROOT / "hf_vlp" / "retrieval.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """``hf_vlp.retrieval`` of this checkout (imported before the measured calls, so it is not in the memory)."""
+    if str(REPO_ROOT) not in sys.path:
+        sys.path.insert(0, str(REPO_ROOT))
+    return importlib.import_module("hf_vlp.retrieval")
 
 
 def _status_kib(field: str) -> int | None:

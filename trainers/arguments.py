@@ -13,6 +13,9 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
+from hf_vlp.models.retrieval_core import COMBINE_MODES as RERANK_COMBINE_MODES
+from hf_vlp.models.retrieval_core import parse_combine
+
 
 __all__ = [
     "RERANK_COMBINE_MODES",
@@ -22,8 +25,6 @@ __all__ = [
     "VLPTrainingArguments",
     "parse_rerank_combine",
 ]
-
-RERANK_COMBINE_MODES = ("cross", "sum")
 
 
 @dataclass
@@ -132,6 +133,48 @@ class VLPTrainingArguments(TrainingArguments):
         default="一张{}的照片。",
         metadata={"help": "Prompt template of zero-shot classification; '{}' is replaced by the class name."},
     )
+    train_augmentation: bool = field(
+        default=False,
+        metadata={
+            "help": "Retrieval-safe augmentation of training images: a random resized crop by the image processor's "
+            "training mode (never a flip unless the processor's train_horizontal_flip is set: captions say 左/右). "
+            "Training loader only; evaluation always sees whole images."
+        },
+    )
+    train_crop_min_scale: float | None = field(
+        default=None,
+        metadata={
+            "help": "With train_augmentation: the smallest share of the image's area a crop covers (crops cover "
+            "[this, 1.0]); default: the processor's train_crop_scale (0.8 to 1.0)."
+        },
+    )
+    distill_teacher: str | None = field(
+        default=None,
+        metadata={
+            "help": "DiDE: a saved fusion-encoder folder whose cross-modal attention, similarities and match scores a "
+            "dual-encoder student imitates (hf_vlp.distillation.distillation_loss). The teacher is loaded frozen, "
+            "in eval mode, and run without gradients; it must share the student's tokenizer and image tokens. The ITM "
+            "soft labels cost batch^2 teacher cross-encoder passes per step (in chunks of 256 pairs)."
+        },
+    )
+    distill_weight: float = field(
+        default=1.0,
+        metadata={
+            "help": "With distill_teacher: weight of each distillation term (attention, ITC and ITM soft labels) "
+            "against the student's own contrastive loss (weight 1)."
+        },
+    )
+    distill_itm_weight: float | None = field(
+        default=None,
+        metadata={
+            "help": "With distill_teacher: weight of the ITM soft-label term alone (default: distill_weight). 0 skips "
+            "it and its batch^2 teacher passes (about 10x the plain step at batch 64 on the tiny preset)."
+        },
+    )
+    distill_temperature: float = field(
+        default=1.0,
+        metadata={"help": "With distill_teacher: softening temperature of the soft labels (KL scaled by T^2)."},
+    )
 
     def __post_init__(self):
         super().__post_init__()
@@ -149,6 +192,10 @@ class VLPTrainingArguments(TrainingArguments):
         if self.retrieval_topk < 1 or self.retrieval_chunk_size < 1:
             raise ValueError("retrieval_topk and retrieval_chunk_size must be >= 1")
         parse_rerank_combine(self.rerank_combine)
+        if self.train_crop_min_scale is not None and not 0.0 < self.train_crop_min_scale <= 1.0:
+            raise ValueError(f"train_crop_min_scale must be in (0, 1], got {self.train_crop_min_scale}")
+        if self.distill_weight < 0 or (self.distill_itm_weight or 0) < 0 or self.distill_temperature <= 0:
+            raise ValueError("distill_weight and distill_itm_weight must be >= 0 and distill_temperature > 0")
         if "{}" not in self.zero_shot_prompt:
             raise ValueError(
                 f"zero_shot_prompt needs a '{{}}' placeholder for the class name: {self.zero_shot_prompt!r}"
@@ -156,21 +203,15 @@ class VLPTrainingArguments(TrainingArguments):
 
 
 def parse_rerank_combine(value: str) -> str | float:
-    """`rerank_combine` as `hf_vlp.retrieval.rerank_topk` takes it: 'cross', 'sum' or a float weight.
+    """`rerank_combine` as `hf_vlp.retrieval.rerank_topk` takes it: 'cross', 'sum' or a weight in [0, 1].
 
-    The CLI can only give a string, so a weight arrives as e.g. "0.7".
+    The CLI can only give a string, so a weight arrives as e.g. "0.7"; the rules are the retrieval core's
+    (`parse_combine`), the error names the flag.
     """
-    if value in RERANK_COMBINE_MODES:
-        return value
     try:
-        weight = float(value)
-    except ValueError:
-        raise ValueError(
-            f"rerank_combine must be one of {RERANK_COMBINE_MODES} or a weight in [0, 1], got {value!r}"
-        ) from None
-    if not 0.0 <= weight <= 1.0:
-        raise ValueError(f"rerank_combine weight must be in [0, 1], got {weight}")
-    return weight
+        return parse_combine(value)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"rerank_combine: {error}") from None
 
 
 @dataclass
@@ -206,7 +247,13 @@ class ModelArguments:
             "'{\"lock_vision\": true}' for locked-image tuning)."
         },
     )
-    max_length: int | None = field(default=None, metadata={"help": "Text length cap (default: the processor's)."})
+    max_length: int | None = field(
+        default=None,
+        metadata={
+            "help": "Text length in tokens (default: the processor's, 52 for a new model, capped at the text tower's "
+            "positions; a longer value is refused)."
+        },
+    )
     revision: str | None = field(default=None, metadata={"help": "Hub revision of --model / towers / tokenizer."})
     trust_remote_code: bool = field(
         default=False, metadata={"help": "Allow Hub custom code of models that hf-vlp does not register itself."}

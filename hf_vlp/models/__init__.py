@@ -8,7 +8,7 @@ from .configuration_dual_encoder import DualEncoderConfig
 from .configuration_fusion_encoder import FusionEncoderConfig
 from .contrastive import gather_with_grad, image_text_contrastive_loss, token_wise_similarity
 from .image_processing_vlp import InvalidImageError, VLPImageProcessor, sanitize_image
-from .modeling_dual_encoder import DualEncoderModel, DualEncoderOutput, RetrievalEmbeddings, VLPPreTrainedModel
+from .modeling_dual_encoder import DualEncoderModel, DualEncoderOutput, VLPPreTrainedModel
 from .modeling_fusion_encoder import (
     FusionEncoderForPreTraining,
     FusionEncoderForPreTrainingOutput,
@@ -18,6 +18,7 @@ from .modeling_fusion_encoder import (
 )
 from .presets import list_presets, preset_info
 from .processing_vlp import VLPProcessor
+from .retrieval_core import RerankingModel, RetrievalEmbeddings, RetrievalModel
 
 
 __all__ = [
@@ -31,7 +32,9 @@ __all__ = [
     "FusionEncoderOutput",
     "FusionRetrievalEmbeddings",
     "InvalidImageError",
+    "RerankingModel",
     "RetrievalEmbeddings",
+    "RetrievalModel",
     "VLPImageProcessor",
     "VLPPreTrainedModel",
     "VLPProcessor",

@@ -42,7 +42,7 @@ class FusionEncoderConfig(PreTrainedConfig):
             Initial log of the contrastive temperature's inverse (log(1/0.07), ALBEF's `temp`).
         logit_scale_max (`float`, *optional*, defaults to 100.0):
             Upper bound of `exp(logit_scale)`.
-        text_pooling (`str`, *optional*, defaults to `"cls"`): `"cls"` or `"mean"`, as in the dual encoder.
+        text_pooling (`str`, *optional*, defaults to `"mean"`): `"mean"` or `"cls"`, as in the dual encoder.
         vision_pooling (`str`, *optional*, defaults to `"auto"`): `"auto"`, `"pooler"`, `"cls"` or `"mean"`, as in
             the dual encoder.
         num_fusion_layers (`int`, *optional*, defaults to 6):
@@ -119,7 +119,7 @@ class FusionEncoderConfig(PreTrainedConfig):
         embed_dim: int = 256,
         logit_scale_init_value: float = 2.6592,
         logit_scale_max: float = 100.0,
-        text_pooling: str = "cls",
+        text_pooling: str = "mean",
         vision_pooling: str = "auto",
         num_fusion_layers: int = 6,
         fusion_mode: str = "albef",

@@ -18,14 +18,12 @@ from transformers import AutoConfig, PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils import ModelOutput
+from transformers.utils.generic import can_return_tuple
 
 from .configuration_dual_encoder import DualEncoderConfig
-from .contrastive import (
-    distributed_rank_and_world,
-    gather_with_grad,
-    image_text_contrastive_loss,
-    token_wise_similarity,
-)
+from .contrastive import image_text_contrastive_loss, sigmoid_contrastive_loss, token_wise_similarity
+from .patch_dropout import attach_patch_dropout
+from .retrieval_core import RetrievalEmbeddings, gather_contrastive_batch
 from .towers import (
     build_tower,
     load_tower,
@@ -46,22 +44,6 @@ __all__ = [
 ]
 
 ZERO_SHOT_AUTO_CLASS = "AutoModelForZeroShotImageClassification"
-
-
-@dataclass
-class RetrievalEmbeddings(ModelOutput):
-    """What a gallery stores per item to be scored later against queries.
-
-    Args:
-        embeds (`torch.FloatTensor` of shape `(batch, projection_dim)`): L2-normalised global embedding.
-        token_embeds (`torch.FloatTensor` of shape `(batch, tokens, projection_dim)`, *optional*):
-            L2-normalised (and possibly reduced) token embeddings, only for token-wise similarity.
-        token_mask (`torch.LongTensor` of shape `(batch, tokens)`, *optional*): 1 for real tokens.
-    """
-
-    embeds: torch.FloatTensor | None = None
-    token_embeds: torch.FloatTensor | None = None
-    token_mask: torch.LongTensor | None = None
 
 
 @dataclass
@@ -298,11 +280,22 @@ class DualEncoderModel(VLPPreTrainedModel):
         self.text_projection = nn.Linear(text_dim, config.projection_dim, bias=False)
         self.visual_projection = nn.Linear(vision_dim, config.projection_dim, bias=False)
         self.logit_scale = nn.Parameter(torch.tensor(config.logit_scale_init_value))
+        # SigLIP's learned bias of the sigmoid loss; no weight decay (like logit_scale).
+        self.logit_bias = (
+            nn.Parameter(torch.tensor(config.logit_bias_init_value)) if config.contrastive_loss == "sigmoid" else None
+        )
+        if config.vision_patch_dropout:
+            attach_patch_dropout(self.vision_model, config)
         if config.similarity == "token_wise" and config.token_reduction == "learned":
             self.image_token_reducer = TokenReducer(config.projection_dim, config.image_tokens_kept)
             self.text_token_reducer = TokenReducer(config.projection_dim, config.text_tokens_kept)
         self.post_init()
         self.apply_locks()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if module is self and self.logit_bias is not None:
+            init.constant_(self.logit_bias, self.config.logit_bias_init_value)
 
     # ---------------------------------------------------------------- trainability (LiT)
     def apply_locks(self) -> None:
@@ -327,6 +320,7 @@ class DualEncoderModel(VLPPreTrainedModel):
         return self
 
     # ---------------------------------------------------------------- features
+    @can_return_tuple
     def get_text_features(
         self,
         input_ids: torch.Tensor,
@@ -334,8 +328,9 @@ class DualEncoderModel(VLPPreTrainedModel):
         token_type_ids: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         **kwargs,
-    ) -> BaseModelOutputWithPooling:
-        """Text tower output whose `pooler_output` is the projected (unnormalised) text embedding."""
+    ) -> BaseModelOutputWithPooling | tuple:
+        """Text tower output whose `pooler_output` is the projected (unnormalised) text embedding (a tuple with
+        `return_dict=False` or `config.return_dict=False`, as CLIP)."""
         return text_tower_features(
             self.text_model,
             self.text_projection,
@@ -347,8 +342,10 @@ class DualEncoderModel(VLPPreTrainedModel):
             **kwargs,
         )
 
-    def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling:
-        """Vision tower output whose `pooler_output` is the projected (unnormalised) image embedding."""
+    @can_return_tuple
+    def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling | tuple:
+        """Vision tower output whose `pooler_output` is the projected (unnormalised) image embedding (a tuple with
+        `return_dict=False` or `config.return_dict=False`, as CLIP)."""
         return vision_tower_features(
             self.vision_model, self.visual_projection, self.config.vision_pooling, pixel_values, **kwargs
         )
@@ -378,12 +375,13 @@ class DualEncoderModel(VLPPreTrainedModel):
         **kwargs,
     ) -> RetrievalEmbeddings:
         """Normalised text embeddings (and token embeddings for token-wise similarity) for retrieval."""
-        features = self.get_text_features(input_ids, attention_mask, token_type_ids, **kwargs)
+        features = self.get_text_features(input_ids, attention_mask, token_type_ids, return_dict=True, **kwargs)
         return self._retrieval_embeddings(features, attention_mask, is_image=False)
 
     def encode_image(self, pixel_values: torch.Tensor, **kwargs) -> RetrievalEmbeddings:
         """Normalised image embeddings (and token embeddings for token-wise similarity) for retrieval."""
-        return self._retrieval_embeddings(self.get_image_features(pixel_values, **kwargs), None, is_image=True)
+        features = self.get_image_features(pixel_values, return_dict=True, **kwargs)
+        return self._retrieval_embeddings(features, None, is_image=True)
 
     def similarity(self, image: RetrievalEmbeddings, text: RetrievalEmbeddings) -> tuple[torch.Tensor, torch.Tensor]:
         """Unscaled similarity of every image with every text: `(sim_i2t, sim_t2i)`, both (images, texts).
@@ -441,9 +439,9 @@ class DualEncoderModel(VLPPreTrainedModel):
         # backward temporaries) and the vision tower last, after the text activations are freed, lowers the
         # peak memory of a train step (by 7-9% at the tiny preset's sizes, to ChineseCLIPModel's, which runs the
         # towers in this order; see benchmarks/bench_train_step.py).
-        image_features = self.get_image_features(pixel_values, **tower_kwargs)
+        image_features = self.get_image_features(pixel_values, return_dict=True, **tower_kwargs)
         text_features = self.get_text_features(
-            input_ids, attention_mask, token_type_ids, position_ids=position_ids, **tower_kwargs
+            input_ids, attention_mask, token_type_ids, position_ids=position_ids, return_dict=True, **tower_kwargs
         )
         text = self._retrieval_embeddings(text_features, attention_mask, is_image=False)
         image = self._retrieval_embeddings(image_features, None, is_image=True)
@@ -452,6 +450,10 @@ class DualEncoderModel(VLPPreTrainedModel):
         sim_i2t, sim_t2i = self.similarity(image, text)
         logits_per_image = logit_scale * sim_i2t
         logits_per_text = logit_scale * sim_t2i.t()
+        if self.logit_bias is not None:
+            # As SiglipModel: with the sigmoid loss, sigmoid(logits) is the model's match probability of a pair.
+            logits_per_image = logits_per_image + self.logit_bias
+            logits_per_text = logits_per_text + self.logit_bias
 
         loss = None
         if return_loss:
@@ -477,14 +479,11 @@ class DualEncoderModel(VLPPreTrainedModel):
         logit_scale: torch.Tensor,
         image_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Symmetric InfoNCE of the local batch against the keys of every rank (one rank: the batch itself)."""
-        rank, world = distributed_rank_and_world()
-        if world == 1 or not self.config.gather_distributed:
-            all_image, all_text, offset, all_ids = image, text, 0, image_ids
-        else:
-            all_image, all_text = _gather_embeddings(image), _gather_embeddings(text)
-            offset = _rank_offset(image.embeds.shape[0], image.embeds.device)
-            all_ids = gather_with_grad(image_ids) if image_ids is not None else None
+        """The configured loss (symmetric InfoNCE, or SigLIP's sigmoid loss) of the local batch against the keys of
+        every rank (one rank: the batch itself)."""
+        all_image, all_text, offset, all_ids = gather_contrastive_batch(
+            image, text, image_ids, enabled=self.config.gather_distributed
+        )
         if all_image is image and all_text is text:
             # One rank: both directions come from one similarity call; two calls would compute the same scores
             # twice (costly for token-wise similarity) and hold one more batch x batch buffer.
@@ -492,19 +491,12 @@ class DualEncoderModel(VLPPreTrainedModel):
         else:
             i2t, _ = self.similarity(image, all_text)
             _, t2i = self.similarity(all_image, text)
+        if self.logit_bias is not None:
+            return sigmoid_contrastive_loss(
+                logit_scale * i2t + self.logit_bias,
+                logit_scale * t2i.t() + self.logit_bias,
+                offset,
+                image_ids,
+                all_ids,
+            )
         return image_text_contrastive_loss(logit_scale * i2t, logit_scale * t2i.t(), offset, image_ids, all_ids)
-
-
-def _gather_embeddings(emb: RetrievalEmbeddings) -> RetrievalEmbeddings:
-    return RetrievalEmbeddings(
-        embeds=gather_with_grad(emb.embeds),
-        token_embeds=gather_with_grad(emb.token_embeds) if emb.token_embeds is not None else None,
-        token_mask=gather_with_grad(emb.token_mask) if emb.token_mask is not None else None,
-    )
-
-
-def _rank_offset(local_batch: int, device: torch.device) -> int:
-    """Index of this rank's first pair in the gathered batch."""
-    rank, _ = distributed_rank_and_world()
-    sizes = gather_with_grad(torch.tensor([local_batch], device=device))
-    return int(sizes[:rank].sum())

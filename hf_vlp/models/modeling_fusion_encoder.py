@@ -17,7 +17,7 @@ code): imports torch, transformers and sibling files only.
 from __future__ import annotations
 
 import os
-from collections.abc import Collection, Sequence
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import torch
@@ -26,15 +26,10 @@ from torch import nn
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils import ModelOutput, logging
+from transformers.utils.generic import can_return_tuple
 
 from .configuration_fusion_encoder import FusionEncoderConfig
-from .contrastive import (
-    contrastive_targets,
-    distributed_rank_and_world,
-    gather_with_grad,
-    image_text_contrastive_loss,
-    soft_cross_entropy,
-)
+from .contrastive import contrastive_targets, image_text_contrastive_loss, soft_cross_entropy
 from .fusion_layers import CrossEncoderOutput, CrossModalEncoder, MaskedLMHead
 from .fusion_objectives import (
     IGNORE_INDEX,
@@ -50,13 +45,13 @@ from .fusion_objectives import (
     sample_hard_negatives,
     soft_target_loss,
 )
-from .modeling_dual_encoder import (
-    ZERO_SHOT_AUTO_CLASS,
-    DualEncoderModel,
-    DualEncoderOutput,
+from .modeling_dual_encoder import ZERO_SHOT_AUTO_CLASS, DualEncoderModel, DualEncoderOutput, VLPPreTrainedModel
+from .retrieval_core import (
     RetrievalEmbeddings,
-    VLPPreTrainedModel,
-    _rank_offset,
+    blockwise_topk,
+    gather_contrastive_batch,
+    parse_combine,
+    rerank_topk,
 )
 from .towers import build_tower, present, text_tower_features, vision_tower_features, vision_width
 
@@ -72,8 +67,8 @@ __all__ = [
 logger = logging.get_logger(__name__)
 
 MOMENTUM_SUFFIX = "_m"
-# Token-indexed fields of retrieval embeddings and the dimension that indexes their tokens.
-_TOKEN_DIMS = {"token_embeds": 1, "token_mask": 1, "fusion_states": 1, "fusion_mask": 1, "bridge_states": 2}
+# Gallery rows scored at once by `rank`'s first stage: bounds its score buffer to (queries x 16k) on any gallery.
+_RANK_CHUNK_SIZE = 16384
 
 
 @dataclass
@@ -91,29 +86,6 @@ class FusionRetrievalEmbeddings(RetrievalEmbeddings):
     fusion_states: torch.FloatTensor | None = None
     fusion_mask: torch.LongTensor | None = None
     bridge_states: torch.FloatTensor | None = None
-
-    def select(self, index: torch.Tensor | slice | Sequence[int]) -> FusionRetrievalEmbeddings:
-        """The items at `index` (any index valid on dim 0), e.g. the top-k candidates of a query."""
-        return type(self)(**{name: value[index] for name, value in self.items()})
-
-    @classmethod
-    def cat(cls, items: Sequence[FusionRetrievalEmbeddings]) -> FusionRetrievalEmbeddings:
-        """Concatenate batches into one gallery; token dims are zero-padded to the longest (mask 0 there),
-        because texts are padded per batch."""
-        fields = {}
-        for name in items[0]:
-            tensors = [getattr(item, name) for item in items]
-            dim = _TOKEN_DIMS.get(name)
-            if dim is not None:
-                longest = max(t.shape[dim] for t in tensors)
-                tensors = [_pad_dim(t, dim, longest) for t in tensors]
-            fields[name] = torch.cat(tensors, dim=0)
-        return cls(**fields)
-
-
-def _pad_dim(tensor: torch.Tensor, dim: int, length: int) -> torch.Tensor:
-    padding = [0, 0] * (tensor.dim() - dim - 1) + [0, length - tensor.shape[dim]]
-    return F.pad(tensor, padding)
 
 
 @dataclass
@@ -253,6 +225,7 @@ class FusionEncoderForRetrieval(VLPPreTrainedModel):
             **kwargs,
         )
 
+    @can_return_tuple
     def get_text_features(
         self,
         input_ids: torch.Tensor,
@@ -260,12 +233,15 @@ class FusionEncoderForRetrieval(VLPPreTrainedModel):
         token_type_ids: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         **kwargs,
-    ) -> BaseModelOutputWithPooling:
-        """Text tower output whose `pooler_output` is the projected (unnormalised) contrastive embedding."""
+    ) -> BaseModelOutputWithPooling | tuple:
+        """Text tower output whose `pooler_output` is the projected (unnormalised) contrastive embedding (a tuple
+        with `return_dict=False` or `config.return_dict=False`, as CLIP)."""
         return self._text_features(input_ids, attention_mask, token_type_ids, position_ids, **kwargs)
 
-    def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling:
-        """Vision tower output whose `pooler_output` is the projected (unnormalised) contrastive embedding."""
+    @can_return_tuple
+    def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling | tuple:
+        """Vision tower output whose `pooler_output` is the projected (unnormalised) contrastive embedding (a tuple
+        with `return_dict=False` or `config.return_dict=False`, as CLIP)."""
         return self._image_features(pixel_values, **kwargs)
 
     def _embeddings(
@@ -362,9 +338,10 @@ class FusionEncoderForRetrieval(VLPPreTrainedModel):
         `logit[match] - logit[no match]` (averaged over both cross encoders in two-way mode).
 
         Log-odds rather than a probability, because probabilities saturate at 1 and would tie the best
-        candidates. A side with a single item is broadcast against the other (one query, k candidates). This is
-        the hook a two-stage evaluation calls on its top-k pairs, e.g. as `hf_vlp.retrieval.rerank_topk`'s
-        `pair_scorer`: `lambda i, t: model.rerank_scores(images.select(i), texts.select(t))`.
+        candidates. A side with a single item is broadcast against the other (one query, k candidates). This
+        method makes the model a `retrieval_core.RerankingModel`: two-stage evaluation and the Space call it on
+        their top-k pairs through `rerank_topk`'s `pair_scorer`:
+        `lambda i, t: model.rerank_scores(images.select(i), texts.select(t))`.
         """
         image, text = _broadcast_pairs(image, text)
         logits = self.cross_encode(image, text).itm_logits
@@ -406,43 +383,32 @@ class FusionEncoderForRetrieval(VLPPreTrainedModel):
             query_modality: `"text"` or `"image"`: the modality of `query`.
             k: candidates kept from the first stage (clipped to the gallery size).
             combine: final score from the cross score `c` and contrastive cosine `s`: `"cross"` -> `c` (ALBEF),
-                `"sum"` -> `c + s` (LAVIS), a float `w` -> `w * c + (1 - w) * s` (as `hf_vlp.retrieval.rerank_topk`).
+                `"sum"` -> `c + s` (LAVIS), a weight `w` in [0, 1] -> `w * c + (1 - w) * s`
+                (`retrieval_core.combine_scores`).
             batch_size: pairs per cross-encoder call.
 
         Returns:
             `(scores, indices)`, both (num_queries, k): combined scores, descending, and gallery indices.
-            First-stage ties keep the lower gallery index (a stable sort, as `hf_vlp.retrieval.chunked_topk`),
-            equal combined scores keep the first-stage order. For galleries too large for one similarity matrix,
-            use `hf_vlp.retrieval.chunked_topk` + `rerank_topk` with `rerank_scores` as the pair scorer.
+            First-stage ties keep the lower gallery index (`retrieval_core.blockwise_topk`, which scores the gallery
+            in blocks, so no full similarity matrix is held), equal combined scores keep the first-stage order
+            (`retrieval_core.rerank_topk`).
         """
         if query_modality not in ("text", "image"):
             raise ValueError(f"query_modality must be 'text' or 'image', got {query_modality!r}")
-        if isinstance(combine, str) and combine not in ("cross", "sum"):
-            raise ValueError(f"combine must be 'cross', 'sum' or a float weight, got {combine!r}")
-        if query_modality == "image":
-            first_stage = self.similarity(query, gallery)[0]
-        else:
-            first_stage = self.similarity(gallery, query)[1].t()
-        k = min(k, first_stage.shape[1])
-        first_scores, order = first_stage.float().sort(dim=1, descending=True, stable=True)
-        first_scores, candidates = first_scores[:, :k], order[:, :k]
-        flat_query = torch.arange(first_stage.shape[0], device=candidates.device).repeat_interleave(k)
-        flat_candidate = candidates.reshape(-1)
-        cross = []
-        for start in range(0, flat_candidate.shape[0], batch_size):
-            queries = query.select(flat_query[start : start + batch_size])
-            items = gallery.select(flat_candidate[start : start + batch_size])
-            pair = (queries, items) if query_modality == "image" else (items, queries)
-            cross.append(self.rerank_scores(*pair).float())
-        cross_scores = torch.cat(cross).view_as(first_scores)
-        if combine == "cross":
-            combined = cross_scores
-        elif combine == "sum":
-            combined = cross_scores + first_scores
-        else:
-            combined = float(combine) * cross_scores + (1.0 - float(combine)) * first_scores
-        scores, permutation = combined.sort(dim=1, descending=True, stable=True)
-        return scores, candidates.gather(1, permutation)
+        combine = parse_combine(combine)
+        query_is_image = query_modality == "image"
+
+        def first_stage(start: int, stop: int) -> torch.Tensor:
+            block = gallery.select(slice(start, stop))
+            return self.similarity(query, block)[0] if query_is_image else self.similarity(block, query)[1].t()
+
+        first_scores, candidates = blockwise_topk(first_stage, gallery.embeds.shape[0], k, _RANK_CHUNK_SIZE)
+
+        def cross_scores(query_index: torch.Tensor, candidate_index: torch.Tensor) -> torch.Tensor:
+            queries, items = query.select(query_index), gallery.select(candidate_index)
+            return self.rerank_scores(*((queries, items) if query_is_image else (items, queries)))
+
+        return rerank_topk(None, candidates, first_scores, cross_scores, combine=combine, batch_size=batch_size)
 
     # ---------------------------------------------------------------- forward
     def forward(
@@ -495,16 +461,15 @@ class FusionEncoderForRetrieval(VLPPreTrainedModel):
         image_ids: torch.Tensor | None,
     ) -> torch.Tensor:
         """Symmetric InfoNCE of the local batch against every rank's embeddings (gathered with gradient)."""
-        _, world = distributed_rank_and_world()
-        if world == 1 or not self.config.gather_distributed:
-            all_images, all_texts, offset, all_ids = image_embeds, text_embeds, 0, image_ids
-        else:
-            all_images, all_texts = gather_with_grad(image_embeds), gather_with_grad(text_embeds)
-            offset = _rank_offset(image_embeds.shape[0], image_embeds.device)
-            all_ids = gather_with_grad(image_ids) if image_ids is not None else None
+        all_images, all_texts, offset, all_ids = gather_contrastive_batch(
+            RetrievalEmbeddings(embeds=image_embeds),
+            RetrievalEmbeddings(embeds=text_embeds),
+            image_ids,
+            enabled=self.config.gather_distributed,
+        )
         return image_text_contrastive_loss(
-            logit_scale * image_embeds @ all_texts.t(),
-            logit_scale * text_embeds @ all_images.t(),
+            logit_scale * image_embeds @ all_texts.embeds.t(),
+            logit_scale * text_embeds @ all_images.embeds.t(),
             offset,
             image_ids,
             all_ids,
@@ -704,13 +669,14 @@ class FusionEncoderForPreTraining(FusionEncoderForRetrieval):
     ) -> torch.Tensor:
         """ALBEF ITC: online queries against momentum keys (every rank's, then the queue), with momentum
         distillation targets; enqueues the keys in training."""
-        _, world = distributed_rank_and_world()
-        gather = world > 1 and self.config.gather_distributed
         with torch.no_grad():
-            image_keys = gather_with_grad(image_m.embeds) if gather else image_m.embeds
-            text_keys = gather_with_grad(text_m.embeds) if gather else text_m.embeds
-            key_ids = gather_with_grad(image_ids) if gather and image_ids is not None else image_ids
-            offset = _rank_offset(image.embeds.shape[0], image.embeds.device) if gather else 0
+            image_keys, text_keys, offset, key_ids = gather_contrastive_batch(
+                RetrievalEmbeddings(embeds=image_m.embeds),
+                RetrievalEmbeddings(embeds=text_m.embeds),
+                image_ids,
+                enabled=self.config.gather_distributed,
+            )
+            image_keys, text_keys = image_keys.embeds, text_keys.embeds
             all_image_keys, all_text_keys, all_ids = image_keys, text_keys, key_ids
             use_queue = getattr(self, "image_queue", None) is not None
             if use_queue:

@@ -78,6 +78,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "text_config": _BERT_BASE_CHINESE,
             "vision_config": _clip_vision(768, 12, 12, 16),
             "projection_dim": 512,
+            "text_pooling": "cls",  # Chinese-CLIP pools the first token
         },
         "pretrained": {"convert_from": "OFA-Sys/chinese-clip-vit-base-patch16"},
         "processor": {"image_size": 224, "max_length": 52, "tokenizer": "OFA-Sys/chinese-clip-vit-base-patch16"},
@@ -89,6 +90,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "text_config": _BERT_BASE_CHINESE,
             "vision_config": _clip_vision(1024, 24, 16, 14),
             "projection_dim": 768,
+            "text_pooling": "cls",  # Chinese-CLIP pools the first token
         },
         "pretrained": {"convert_from": "OFA-Sys/chinese-clip-vit-large-patch14"},
         "processor": {"image_size": 224, "max_length": 52, "tokenizer": "OFA-Sys/chinese-clip-vit-large-patch14"},

