@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
+from hf_vlp.models.processing_vlp import DEFAULT_ZERO_SHOT_PROMPT
 from hf_vlp.models.retrieval_core import COMBINE_MODES as RERANK_COMBINE_MODES
 from hf_vlp.models.retrieval_core import parse_combine
 
@@ -130,7 +131,7 @@ class VLPTrainingArguments(TrainingArguments):
         },
     )
     zero_shot_prompt: str = field(
-        default="一张{}的照片。",
+        default=DEFAULT_ZERO_SHOT_PROMPT,
         metadata={"help": "Prompt template of zero-shot classification; '{}' is replaced by the class name."},
     )
     train_augmentation: bool = field(

@@ -17,11 +17,13 @@ from .modeling_fusion_encoder import (
     FusionRetrievalEmbeddings,
 )
 from .presets import list_presets, preset_info
-from .processing_vlp import VLPProcessor
+from .processing_vlp import DEFAULT_MAX_LENGTH, DEFAULT_ZERO_SHOT_PROMPT, VLPProcessor
 from .retrieval_core import RerankingModel, RetrievalEmbeddings, RetrievalModel
 
 
 __all__ = [
+    "DEFAULT_MAX_LENGTH",
+    "DEFAULT_ZERO_SHOT_PROMPT",
     "DualEncoderConfig",
     "DualEncoderModel",
     "DualEncoderOutput",

@@ -71,10 +71,16 @@ class DualEncoderOutput(ModelOutput):
     vision_model_output: BaseModelOutputWithPooling | None = None
 
     def to_tuple(self) -> tuple[Any, ...]:
-        return tuple(
-            self[k] if k not in ("text_model_output", "vision_model_output") else getattr(self, k).to_tuple()
-            for k in self.keys()
-        )
+        return tuple_with_tower_outputs(self)
+
+
+def tuple_with_tower_outputs(output: ModelOutput) -> tuple[Any, ...]:
+    """`output.to_tuple()` where the towers' own outputs (`text_model_output`, `vision_model_output`) become tuples
+    too, as transformers' CLIP output does."""
+    return tuple(
+        output[k] if k not in ("text_model_output", "vision_model_output") else getattr(output, k).to_tuple()
+        for k in output
+    )
 
 
 class TokenReducer(nn.Module):
@@ -238,12 +244,18 @@ class VLPPreTrainedModel(PreTrainedModel):
         model._after_load([k for k in model.state_dict() if not k.startswith(("text_model.", "vision_model."))])
         return model
 
+    def _extra_auto_map(self) -> dict[str, str]:
+        """`auto_map` entries beyond the one transformers writes for `_auto_class`, as `{auto class: "module.Class"}`.
+
+        The zero-shot pipeline resolves remote code through its own auto class: point it at the same class.
+        """
+        if not getattr(self, "supports_zero_shot_pipeline", False):
+            return {}
+        return {ZERO_SHOT_AUTO_CLASS: f"{type(self).__module__.split('.')[-1]}.{type(self).__name__}"}
+
     def save_pretrained(self, save_directory, *args, **kwargs):
-        # The zero-shot pipeline resolves remote code through this auto class: point it at the same class.
-        if getattr(self, "_auto_class", None) is not None and getattr(self, "supports_zero_shot_pipeline", False):
-            auto_map = dict(getattr(self.config, "auto_map", None) or {})
-            auto_map[ZERO_SHOT_AUTO_CLASS] = f"{type(self).__module__.split('.')[-1]}.{type(self).__name__}"
-            self.config.auto_map = auto_map
+        if getattr(self, "_auto_class", None) is not None:
+            self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **self._extra_auto_map()}
         return super().save_pretrained(save_directory, *args, **kwargs)
 
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol, Self, TypeVar, runtime_checkable
+from typing import Literal, Protocol, TypeVar, runtime_checkable
 
 import torch
 import torch.distributed as dist
@@ -192,20 +192,20 @@ class RetrievalEmbeddings(ModelOutput):
     token_embeds: torch.FloatTensor | None = None
     token_mask: torch.LongTensor | None = None
 
-    def select(self, index: torch.Tensor | slice | Sequence[int]) -> Self:
+    def select(self, index: torch.Tensor | slice | Sequence[int]) -> RetrievalEmbeddings:
         """The items at `index` (any index valid on dim 0), e.g. the top-k candidates of a query."""
         return select_embeddings(self, index)
 
-    def pad(self, shapes: Mapping[str, Sequence[int]]) -> Self:
+    def pad(self, shapes: Mapping[str, Sequence[int]]) -> RetrievalEmbeddings:
         """Fields zero-padded after dim 0 to `shapes[name]` (see `pad_embeddings`)."""
         return pad_embeddings(self, shapes)
 
-    def gather(self, with_grad: bool = False) -> Self:
+    def gather(self, with_grad: bool = False) -> RetrievalEmbeddings:
         """Every process's items, in rank order (see `gather_embeddings`)."""
         return gather_embeddings(self, with_grad=with_grad)
 
     @classmethod
-    def cat(cls, items: Sequence[Self]) -> Self:
+    def cat(cls, items: Sequence[RetrievalEmbeddings]) -> RetrievalEmbeddings:
         """Concatenate batches into one gallery, token dims zero-padded to the longest (see `cat_embeddings`)."""
         return cat_embeddings(items)
 

@@ -31,6 +31,7 @@ def _processor_for_config(
     """A `VLPProcessor` matching a model config: the vision tower's image size (and mean/std when the tower's own
     image processor can be read), the given tokenizer."""
     from hf_vlp import VLPImageProcessor, VLPProcessor
+    from hf_vlp.models.processing_vlp import DEFAULT_MAX_LENGTH
 
     size = getattr(config.vision_config, "image_size", 224)
     size = size if isinstance(size, int) else size[0]
