@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from transformers import ZeroShotImageClassificationPipeline
 
 from .cn_clip_assets import cn_clip_imagenet_zero_shot
+from .models.processing_vlp import DEFAULT_ZERO_SHOT_PROMPT
 
 
 __all__ = [
@@ -37,7 +38,7 @@ __all__ = [
     "zero_shot_preset",
 ]
 
-DEFAULT_TEMPLATE = "一张{}的照片。"
+DEFAULT_TEMPLATE = DEFAULT_ZERO_SHOT_PROMPT
 ZERO_SHOT_PRESETS = ("imagenet-zh",)
 
 

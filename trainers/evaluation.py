@@ -7,8 +7,9 @@ cross encoder (a `RerankingModel`: `rerank_scores`) re-ranks each query's top-k.
 and turned into Recall@1/5/10 both ways and mean recall with `hf_vlp.retrieval`, identically on every process.
 Embedding selection, concatenation and gathering are the retrieval core's (`hf_vlp.models.retrieval_core`).
 
-Zero-shot classification encodes every class with each prompt template (`一张{}的照片。` by default, or an ensemble
-from a file or a preset) and scores images against the template ensembles (`hf_vlp.zero_shot`), top-1 / top-5.
+Zero-shot classification encodes every class with each prompt template (`DEFAULT_ZERO_SHOT_PROMPT` by default, or
+an ensemble from a file or a preset) and scores images against the template ensembles (`hf_vlp.zero_shot`), top-1 /
+top-5.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from hf_vlp import (
     VLPProcessor,
     build_chinese_tokenizer,
 )
-from hf_vlp.models import modeling_fusion_encoder
+from hf_vlp.models import fusion_pretraining
 from hf_vlp.models.fusion_layers import FusionLayer
 from hf_vlp.retrieval import chunked_topk, rerank_topk
 
@@ -177,7 +177,7 @@ def test_mlm_heads_run_on_masked_tokens_only_with_the_full_position_loss_and_gra
         for param in model.momentum_parameters():
             param.add_(0.05 * torch.randn_like(param))
     recorded = {}
-    mask_tokens, cross_encode = modeling_fusion_encoder.mask_tokens, model.cross_encode
+    mask_tokens, cross_encode = fusion_pretraining.mask_tokens, model.cross_encode
 
     def recording_mask_tokens(*args, **kwargs):
         recorded["masked_ids"], recorded["labels"] = mask_tokens(*args, **kwargs)
@@ -188,7 +188,7 @@ def test_mlm_heads_run_on_masked_tokens_only_with_the_full_position_loss_and_gra
         recorded["momentum" if momentum else "online"] = out.text_hidden_state
         return out
 
-    monkeypatch.setattr(modeling_fusion_encoder, "mask_tokens", recording_mask_tokens)
+    monkeypatch.setattr(fusion_pretraining, "mask_tokens", recording_mask_tokens)
     monkeypatch.setattr(model, "cross_encode", recording_cross_encode)
     head_rows = []
     for head in (model.mlm_head, model.mlm_head_m):
