@@ -47,8 +47,7 @@ from benchmarks.real_data import build_real_data
 ABLATIONS: dict[str, list[str]] = {
     # the trainer defaults, one reverted at a time
     "no_warmup": ["--warmup_steps", "0"],
-    "linear_decay": ["--lr_scheduler_type", "linear"],
-    "constant_lr": ["--lr_scheduler_type", "constant"],
+    "cosine": ["--lr_scheduler_type", "cosine"],
     "stock_decay_groups": ["--stock_weight_decay_groups"],
     "workers_0": ["--dataloader_num_workers", "0"],
     # other vision towers (auto pooling skips ViT's tanh pooler; the second row uses it)
