@@ -289,6 +289,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--compare-checkout", default=None, help="another checkout of hf-vlp (e.g. before a change): one more row"
     )
     parser.add_argument("--skip-reference", action="store_true")
+    parser.add_argument(
+        "--ablations-only",
+        action="store_true",
+        help="only the ablation rows (with --reuse: a second process filling in rows of the same run)",
+    )
     parser.add_argument("--smoke", action="store_true", help="seconds-long run for CI; numbers mean nothing")
     parser.add_argument("--deb", default=None, help="a downloaded tuxpaint-stamps-default .deb")
     parser.add_argument("--workdir", default=None)
@@ -344,7 +349,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             reference["metrics"] = evaluate_folder(reference["model_dir"], data, args, workdir / "reference_eval")
             saved.write_text(json.dumps(reference, indent=2))
         add_row("reference", "reference: ChineseCLIPModel, plain AdamW loop", reference)
-    add_row("ours", "hf-vlp pretrain, defaults", run_ours(args, config_path, data, workdir / "ours", []))
+    if not args.ablations_only:
+        add_row("ours", "hf-vlp pretrain, defaults", run_ours(args, config_path, data, workdir / "ours", []))
     if args.compare_checkout:
         result = run_ours(args, config_path, data, workdir / "compare", [], pythonpath=args.compare_checkout)
         add_row("compare_checkout", f"hf-vlp pretrain, defaults, at {args.compare_checkout}", result)
