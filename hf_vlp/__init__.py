@@ -31,6 +31,7 @@ from .models import (
     token_wise_similarity,
 )
 from .tokenization import build_chinese_tokenizer
+from .zero_shot import TemplateEnsembleZeroShotPipeline
 
 
 __version__ = "0.1.0"
@@ -50,6 +51,7 @@ __all__ = [
     "HubPushError",
     "InvalidImageError",
     "RetrievalEmbeddings",
+    "TemplateEnsembleZeroShotPipeline",
     "VLPImageProcessor",
     "VLPProcessor",
     "__version__",

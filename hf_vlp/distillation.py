@@ -9,7 +9,8 @@ cross-attention averaged over heads; image-to-text likewise where the teacher ha
 complete the loss.
 
 Model side, not shipped with saved models (it is a training objective, not needed at inference): the trainer
-calls `distillation_loss(student, teacher, batch)` with the teacher frozen.
+(`hf-vlp pretrain --distill-teacher FUSION_DIR`) loads the teacher with `load_distillation_teacher` and calls
+`distillation_loss(student, teacher, batch, student_output=...)` on the student's own forward output.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch.nn.functional as F
 from .models import DualEncoderModel, FusionEncoderForRetrieval
 
 
-__all__ = ["attention_kl", "cross_modal_attention_log_probs", "distillation_loss"]
+__all__ = ["attention_kl", "cross_modal_attention_log_probs", "distillation_loss", "load_distillation_teacher"]
 
 
 def cross_modal_attention_log_probs(
@@ -83,6 +84,27 @@ def _teacher_itm_grid(teacher: FusionEncoderForRetrieval, image, text, chunk_siz
     return torch.cat(scores).view(num_images, num_texts)
 
 
+def load_distillation_teacher(path: str, device: torch.device | str | None = None) -> FusionEncoderForRetrieval:
+    """A saved fusion encoder (folder or Hub id) as a frozen teacher: eval mode, no parameter requires grad.
+
+    A pre-training checkpoint loads into the retrieval class (without its momentum copy, queue and MLM head). A
+    folder holding anything but a fusion encoder is refused with the fix.
+    """
+    from transformers import AutoConfig
+
+    from .models import FusionEncoderConfig
+
+    config = AutoConfig.from_pretrained(path)
+    if not isinstance(config, FusionEncoderConfig):
+        raise ValueError(
+            f"distillation teacher {path} is a {type(config).__name__}, not a fusion encoder: pass a folder saved "
+            "from a fusion model (e.g. `hf-vlp pretrain --preset tiny-fusion`)"
+        )
+    teacher = FusionEncoderForRetrieval.from_pretrained(path)
+    teacher.requires_grad_(False)
+    return teacher.to(device).eval() if device is not None else teacher.eval()
+
+
 def distillation_loss(
     student: DualEncoderModel,
     teacher: FusionEncoderForRetrieval,
@@ -93,6 +115,7 @@ def distillation_loss(
     itm_weight: float = 1.0,
     contrastive_weight: float = 1.0,
     itm_chunk_size: int = 256,
+    student_output=None,
 ) -> dict[str, torch.Tensor]:
     """DiDE loss of a dual encoder `student` against a fusion `teacher` on one batch of aligned pairs.
 
@@ -108,6 +131,10 @@ def distillation_loss(
         itm_weight: KL between the student's contrastive distributions and the teacher's ITM scores over all
             in-batch pairs (B^2 cross-encoder passes, `itm_chunk_size` at a time), both directions.
         contrastive_weight: the student's own (hard-label) contrastive loss.
+        itm_chunk_size: pairs per teacher cross-encoder pass of the ITM grid.
+        student_output: the student's output on `batch` when the caller already ran it (the trainer runs the
+            forward through its DDP wrapper, so gradients synchronise); it must hold the loss if
+            `contrastive_weight > 0`. None: the student is run here.
 
     Returns:
         `{"loss", "attention_distill_loss", "itc_distill_loss", "itm_distill_loss", "contrastive_loss"}`: the
@@ -118,14 +145,16 @@ def distillation_loss(
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
     token_type_ids = batch.get("token_type_ids")
-    output = student(
-        input_ids=input_ids,
-        pixel_values=pixel_values,
-        attention_mask=attention_mask,
-        token_type_ids=token_type_ids,
-        return_loss=contrastive_weight > 0,
-        image_ids=batch.get("image_ids"),
-    )
+    output = student_output
+    if output is None:
+        output = student(
+            input_ids=input_ids,
+            pixel_values=pixel_values,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            return_loss=contrastive_weight > 0,
+            image_ids=batch.get("image_ids"),
+        )
     with torch.no_grad():
         teacher_text = teacher.encode_text(input_ids, attention_mask, token_type_ids)
         teacher_image = teacher.encode_image(pixel_values)
@@ -137,7 +166,8 @@ def distillation_loss(
         if image_tokens.shape[1] != teacher_image.fusion_states.shape[1]:
             raise ValueError(
                 f"student has {image_tokens.shape[1]} image tokens and teacher {teacher_image.fusion_states.shape[1]}:"
-                " attention maps cannot be matched (use the same patching and image size)"
+                " attention maps cannot be matched (use the same patching and image size, and no"
+                " vision_patch_dropout in the student)"
             )
         with torch.no_grad():
             cross = teacher.cross_encode(teacher_image, teacher_text, output_attentions=True)

@@ -34,12 +34,38 @@ class VLPTrainingArguments(TrainingArguments):
 
     Defaults that differ from `TrainingArguments`: `remove_unused_columns=False`, because image-text collators
     read raw `image`/`text` items and the trainer needs the collator's side-channel keys (`image_hash`,
-    `num_skipped_samples`), none of which are `forward` arguments.
+    `num_skipped_samples`), none of which are `forward` arguments; and the schedule CLIP-style training uses
+    (`lr_scheduler_type="cosine"`, `warmup_steps=0.05`), which a fresh model needs to leave the ln(batch) loss
+    plateau (`benchmarks/bench_quality.py` measures each choice).
     """
 
     remove_unused_columns: bool = field(
         default=False,
         metadata={"help": "Drop dataset columns the model's forward does not take (off: collators need raw columns)."},
+    )
+    lr_scheduler_type: str = field(
+        default="cosine",
+        metadata={
+            "help": "Learning-rate schedule after the warm-up (CLIP, open_clip and Chinese-CLIP: cosine; the stock "
+            "Trainer's default is linear)."
+        },
+    )
+    warmup_steps: float = field(
+        default=0.05,
+        metadata={
+            "help": "Linear warm-up: steps (an integer) or a fraction of the run in [0, 1). Contrastive training "
+            "from a fresh start needs one: a full learning rate on step 0 throws the random embeddings around "
+            "before the logits carry any signal."
+        },
+    )
+    stock_weight_decay_groups: bool = field(
+        default=False,
+        metadata={
+            "help": "Use the stock Trainer's weight-decay groups (everything but biases and LayerNorm weights). "
+            "By default only weight matrices (parameters of 2+ dimensions) decay, as in CLIP / open_clip: "
+            "never logit_scale (decay would pull the temperature to 1 and flatten the logits), norms, biases "
+            "or class embeddings."
+        },
     )
     use_image_ids: bool = field(
         default=True,
@@ -108,6 +134,48 @@ class VLPTrainingArguments(TrainingArguments):
         default=DEFAULT_ZERO_SHOT_PROMPT,
         metadata={"help": "Prompt template of zero-shot classification; '{}' is replaced by the class name."},
     )
+    train_augmentation: bool = field(
+        default=False,
+        metadata={
+            "help": "Retrieval-safe augmentation of training images: a random resized crop by the image processor's "
+            "training mode (never a flip unless the processor's train_horizontal_flip is set: captions say 左/右). "
+            "Training loader only; evaluation always sees whole images."
+        },
+    )
+    train_crop_min_scale: float | None = field(
+        default=None,
+        metadata={
+            "help": "With train_augmentation: the smallest share of the image's area a crop covers (crops cover "
+            "[this, 1.0]); default: the processor's train_crop_scale (0.8 to 1.0)."
+        },
+    )
+    distill_teacher: str | None = field(
+        default=None,
+        metadata={
+            "help": "DiDE: a saved fusion-encoder folder whose cross-modal attention, similarities and match scores a "
+            "dual-encoder student imitates (hf_vlp.distillation.distillation_loss). The teacher is loaded frozen, "
+            "in eval mode, and run without gradients; it must share the student's tokenizer and image tokens. The ITM "
+            "soft labels cost batch^2 teacher cross-encoder passes per step (in chunks of 256 pairs)."
+        },
+    )
+    distill_weight: float = field(
+        default=1.0,
+        metadata={
+            "help": "With distill_teacher: weight of each distillation term (attention, ITC and ITM soft labels) "
+            "against the student's own contrastive loss (weight 1)."
+        },
+    )
+    distill_itm_weight: float | None = field(
+        default=None,
+        metadata={
+            "help": "With distill_teacher: weight of the ITM soft-label term alone (default: distill_weight). 0 skips "
+            "it and its batch^2 teacher passes (about 10x the plain step at batch 64 on the tiny preset)."
+        },
+    )
+    distill_temperature: float = field(
+        default=1.0,
+        metadata={"help": "With distill_teacher: softening temperature of the soft labels (KL scaled by T^2)."},
+    )
 
     def __post_init__(self):
         super().__post_init__()
@@ -125,6 +193,10 @@ class VLPTrainingArguments(TrainingArguments):
         if self.retrieval_topk < 1 or self.retrieval_chunk_size < 1:
             raise ValueError("retrieval_topk and retrieval_chunk_size must be >= 1")
         parse_rerank_combine(self.rerank_combine)
+        if self.train_crop_min_scale is not None and not 0.0 < self.train_crop_min_scale <= 1.0:
+            raise ValueError(f"train_crop_min_scale must be in (0, 1], got {self.train_crop_min_scale}")
+        if self.distill_weight < 0 or (self.distill_itm_weight or 0) < 0 or self.distill_temperature <= 0:
+            raise ValueError("distill_weight and distill_itm_weight must be >= 0 and distill_temperature > 0")
         if "{}" not in self.zero_shot_prompt:
             raise ValueError(
                 f"zero_shot_prompt needs a '{{}}' placeholder for the class name: {self.zero_shot_prompt!r}"
@@ -176,7 +248,13 @@ class ModelArguments:
             "'{\"lock_vision\": true}' for locked-image tuning)."
         },
     )
-    max_length: int | None = field(default=None, metadata={"help": "Text length cap (default: the processor's)."})
+    max_length: int | None = field(
+        default=None,
+        metadata={
+            "help": "Text length in tokens (default: the processor's, 52 for a new model, capped at the text tower's "
+            "positions; a longer value is refused)."
+        },
+    )
     revision: str | None = field(default=None, metadata={"help": "Hub revision of --model / towers / tokenizer."})
     trust_remote_code: bool = field(
         default=False, metadata={"help": "Allow Hub custom code of models that hf-vlp does not register itself."}
@@ -221,6 +299,27 @@ class DataArguments:
     id_column: str | None = field(default=None, metadata={"help": "Image id column (rows sharing an image)."})
     label_column: str | None = field(
         default="label", metadata={"help": "Class label column of the eval set, for zero-shot classification."}
+    )
+    zero_shot_classes: str | None = field(
+        default=None,
+        metadata={
+            "help": "Zero-shot class names, in label-index order (JSON list or TXT, one per line); eval labels are "
+            "then class names or indices into them. Default: the eval set's distinct labels."
+        },
+    )
+    zero_shot_templates: str | None = field(
+        default=None,
+        metadata={
+            "help": "Zero-shot prompt templates with '{}' for the class name (JSON list or TXT, one per line); each "
+            "class is the normalised mean of its templates' embeddings (Chinese-CLIP / ELEVATER ensembles)."
+        },
+    )
+    zero_shot_preset: str | None = field(
+        default=None,
+        metadata={
+            "help": "Class names and templates of a benchmark: 'imagenet-zh' (Chinese-CLIP's 1,000 Chinese "
+            "ImageNet names and its templates, read from the installed cn-clip). Files given override its parts."
+        },
     )
     caption_strategy: str = field(
         default="sample",

@@ -7,8 +7,8 @@ cross encoder (a `RerankingModel`: `rerank_scores`) re-ranks each query's top-k.
 and turned into Recall@1/5/10 both ways and mean recall with `hf_vlp.retrieval`, identically on every process.
 Embedding selection, concatenation and gathering are the retrieval core's (`hf_vlp.models.retrieval_core`).
 
-Zero-shot classification encodes one prompt per class (`DEFAULT_ZERO_SHOT_PROMPT` by default) and scores images
-against them.
+Zero-shot classification encodes every class with each prompt template (`hf_vlp.zero_shot.DEFAULT_TEMPLATE` by default, or an ensemble
+from a file or a preset) and scores images against the template ensembles (`hf_vlp.zero_shot`), top-1 / top-5.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from transformers.utils import ModelOutput
 
-from hf_vlp.models.processing_vlp import DEFAULT_ZERO_SHOT_PROMPT
 from hf_vlp.models.retrieval_core import (
     RerankingModel,
     blockwise_topk,
@@ -46,6 +45,7 @@ from hf_vlp.retrieval import (
     retrieval_recall_from_topk,
     zero_shot_accuracy,
 )
+from hf_vlp.zero_shot import DEFAULT_TEMPLATE, class_prompts, template_ensemble_scores
 from trainers.data import BadSampleError, EvalGallery, decode_image
 
 
@@ -84,20 +84,37 @@ class EvalRuntime:
 
 @dataclass
 class ZeroShotSet:
-    """Images with a class label each, and the class names prompts are built from."""
+    """Images with a class label each, the class names prompts are built from and, optionally, the prompt
+    templates of this benchmark (a template ensemble; the evaluation's default prompt when None)."""
 
     images: list[Any]
     labels: list[int]
     class_names: list[str]
+    templates: list[str] | None = None
 
 
-def build_zero_shot_set(records: Sequence[dict], label_column: str = "label") -> ZeroShotSet | None:
+def _label_index(label: Any, slot: dict[str, int], num_classes: int) -> int:
+    """A record's label as a class index: a class name, or an index (int or digits, as image folders `000/`)."""
+    if str(label) in slot:
+        return slot[str(label)]
+    if (isinstance(label, int) or str(label).isdigit()) and 0 <= int(label) < num_classes:
+        return int(label)
+    raise ValueError(f"label {label!r} is neither one of the {num_classes} class names nor a class index")
+
+
+def build_zero_shot_set(
+    records: Sequence[dict],
+    label_column: str = "label",
+    class_names: Sequence[str] | None = None,
+    templates: Sequence[str] | None = None,
+) -> ZeroShotSet | None:
     """The labelled images of `records` (one per `image_id`; records whose label is empty are left out).
 
-    Class names are the sorted distinct labels. Returns None when no record has a label, so callers can pass any
-    eval split and get zero-shot metrics only where labels exist.
+    Without `class_names`, the classes are the sorted distinct labels. With them (a class-name file, a preset),
+    a label is a class name or an index into them. Returns None when no record has a label, so callers can pass
+    any eval split and get zero-shot metrics only where labels exist.
     """
-    images, names, seen = [], [], set()
+    images, labels, seen = [], [], set()
     for index, record in enumerate(records):
         label = record.get(label_column)
         image_id = str(record.get("image_id", index))
@@ -105,12 +122,13 @@ def build_zero_shot_set(records: Sequence[dict], label_column: str = "label") ->
             continue
         seen.add(image_id)
         images.append(record["image"])
-        names.append(str(label))
+        labels.append(label)
     if not images:
         return None
-    class_names = sorted(set(names))
-    slot = {name: index for index, name in enumerate(class_names)}
-    return ZeroShotSet(images, [slot[name] for name in names], class_names)
+    names = list(class_names) if class_names is not None else sorted({str(label) for label in labels})
+    slot = {name: index for index, name in enumerate(names)}
+    indices = [_label_index(label, slot, len(names)) for label in labels]
+    return ZeroShotSet(images, indices, names, list(templates) if templates is not None else None)
 
 
 # ------------------------------------------------------------------------------------------------ encoding
@@ -398,22 +416,26 @@ def evaluate_zero_shot(
     dataset: ZeroShotSet,
     processor: Any,
     runtime: EvalRuntime,
-    prompt: str = DEFAULT_ZERO_SHOT_PROMPT,
+    prompt: str | Sequence[str] = DEFAULT_TEMPLATE,
 ) -> dict[str, float]:
     """Zero-shot classification accuracy: `top1` (and `top5` with more than 5 classes), in percent.
 
-    Each class is the text `prompt.format(name)`; an image's class scores are its image-to-text similarities.
+    Each class is encoded with every template (`dataset.templates` when the set has its own, else `prompt`: one
+    template or a list) and scored as their ensemble (`hf_vlp.zero_shot.template_ensemble_scores`).
     """
+    templates = dataset.templates or ([prompt] if isinstance(prompt, str) else list(prompt))
     was_training = model.training
     model.eval()
     try:
         images, _ = encode_images(model, dataset.images, processor, runtime)
-        prompts = encode_texts(model, [prompt.format(name) for name in dataset.class_names], processor, runtime)
+        prompts = encode_texts(model, class_prompts(dataset.class_names, templates), processor, runtime)
         with torch.no_grad():
             num_images = images.embeds.shape[0]
             logits = torch.cat(
                 [
-                    model.similarity(select_embeddings(images, slice(s, s + 256)), prompts)[0]
+                    template_ensemble_scores(
+                        model, select_embeddings(images, slice(s, s + 256)), prompts, len(templates)
+                    )
                     for s in range(0, num_images, 256)
                 ]
             )

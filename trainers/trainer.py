@@ -9,6 +9,9 @@ What changes, and why:
   `loss_is_scaled_for_ga = False` here, so the Trainer divides each micro-batch loss by the accumulation steps.
 * `training_step`: gradient caching (`grad_cache_chunk_size`) for contrastive batches larger than memory.
 * Momentum encoders move once per optimizer step (`MomentumUpdateCallback`).
+* `distill_teacher`: DiDE distillation of a frozen fusion teacher into the dual-encoder student, added to the
+  student's loss in `compute_loss` (each term logged as `*_distill_loss`, their weighted sum as `distill_loss`).
+* `train_augmentation`: the training loader's collator runs in training mode (random resized crops).
 * `_get_train_sampler`: GRIT-VLP grouped mini-batches (`grit_sampling`), refreshed by `GritRefreshCallback`; the
   groups travel with checkpoints so resumed runs see the same batches.
 * `evaluate`: retrieval (Recall@1/5/10 both ways, mean recall, optional cross-encoder re-ranking) and zero-shot
@@ -142,6 +145,7 @@ class VLPTrainer(Trainer):
         self._grad_cache_checked = False
         if args.grit_sampling:
             self.add_callback(GritRefreshCallback(self))
+        self._distill_teacher = self._load_distill_teacher() if args.distill_teacher else None
 
     # ------------------------------------------------------------------------------------------ loss
     def _forward_accepts(self, model: nn.Module, name: str) -> bool:
@@ -197,6 +201,59 @@ class VLPTrainer(Trainer):
             if key.endswith("_loss") and isinstance(value, torch.Tensor):
                 self._loss_terms.setdefault(key, []).append(value.detach().float().mean())
 
+    def _load_distill_teacher(self) -> nn.Module:
+        """The frozen fusion teacher of `distill_teacher`, after checking the student can learn from it."""
+        from hf_vlp import DualEncoderModel
+        from hf_vlp.distillation import load_distillation_teacher
+
+        student = unwrap_model(self.model)
+        if hasattr(student, "get_base_model"):
+            student = student.get_base_model()
+        if not isinstance(student, DualEncoderModel):
+            raise ValueError(f"distill_teacher trains a dual-encoder student; the model is {type(student).__name__}")
+        if self.args.grad_cache_chunk_size:
+            raise ValueError("distill_teacher cannot be combined with grad_cache_chunk_size (the teacher needs pairs)")
+        if student.config.vision_patch_dropout:
+            raise ValueError(
+                "distill_teacher matches the teacher's attention over every image token: train the student with "
+                "vision_patch_dropout=0"
+            )
+        teacher = load_distillation_teacher(self.args.distill_teacher, self.args.device)
+        if teacher.config.text_config.vocab_size != student.config.text_config.vocab_size:
+            raise ValueError(
+                f"distill_teacher {self.args.distill_teacher} has a {teacher.config.text_config.vocab_size}-token "
+                f"vocabulary and the student {student.config.text_config.vocab_size}: both must share the tokenizer"
+            )
+        logger.info("Distilling from the fusion teacher %s (frozen)", self.args.distill_teacher)
+        return teacher
+
+    def _add_distillation(self, model: nn.Module, inputs: dict[str, Any], outputs: Any) -> dict[str, Any]:
+        """The student's outputs with the DiDE terms against the teacher added to its loss."""
+        from hf_vlp.distillation import distillation_loss
+
+        student = unwrap_model(model)
+        if hasattr(student, "get_base_model"):
+            student = student.get_base_model()
+        weight, itm_weight = self.args.distill_weight, self.args.distill_itm_weight
+        weights = {
+            "attention_distill_loss": weight,
+            "itc_distill_loss": weight,
+            "itm_distill_loss": weight if itm_weight is None else itm_weight,
+        }
+        terms = distillation_loss(
+            student,
+            self._distill_teacher,
+            inputs,
+            temperature=self.args.distill_temperature,
+            attention_weight=weights["attention_distill_loss"],
+            itc_weight=weights["itc_distill_loss"],
+            itm_weight=weights["itm_distill_loss"],
+            student_output=outputs,
+        )
+        distilled = {key: value for key, value in terms.items() if key in weights}
+        distill = sum((weights[key] * value for key, value in distilled.items()), torch.zeros_like(terms["loss"]))
+        return {**dict(outputs), **distilled, "distill_loss": distill, "loss": terms["loss"]}
+
     def compute_loss(
         self,
         model: nn.Module,
@@ -210,6 +267,8 @@ class VLPTrainer(Trainer):
             loss = self._empty_batch_loss(model)
             return (loss, None) if return_outputs else loss
         outputs = model(**inputs)
+        if self._distill_teacher is not None and model.training:
+            outputs = self._add_distillation(model, inputs, outputs)
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs[0]
         if loss is None:
             raise ValueError(f"{type(unwrap_model(model)).__name__} returned no loss; is `return_loss` supported?")
@@ -270,9 +329,31 @@ class VLPTrainer(Trainer):
         return float(value.item())
 
     # ------------------------------------------------------------------------------------------ data
+    def _training_collator(self) -> Any:
+        """The collator of the training loader: with `train_augmentation`, the collator in training mode."""
+        if not self.args.train_augmentation:
+            return self.data_collator
+        if not isinstance(self.data_collator, ImageTextCollator):
+            raise ValueError(
+                f"train_augmentation needs the trainer's ImageTextCollator, got {type(self.data_collator).__name__}: "
+                "pass ImageTextCollator(processor, train=True) yourself, or drop train_augmentation"
+            )
+        minimum = self.args.train_crop_min_scale
+        return self.data_collator.for_training(crop_scale=None if minimum is None else (minimum, 1.0))
+
     def get_train_dataloader(self) -> DataLoader:
         """A streaming dataset that splits its shards across ranks itself bypasses `accelerator.prepare`, which
-        would otherwise read everything on rank 0 and dispatch it, or make every rank read all shards."""
+        would otherwise read everything on rank 0 and dispatch it, or make every rank read all shards.
+
+        With `train_augmentation`, only this loader uses the collator's training mode."""
+        collator = self.data_collator
+        self.data_collator = self._training_collator()
+        try:
+            return self._train_dataloader()
+        finally:
+            self.data_collator = collator
+
+    def _train_dataloader(self) -> DataLoader:
         dataset = self.train_dataset
         if (
             isinstance(dataset, IterableDataset)
@@ -289,6 +370,18 @@ class VLPTrainer(Trainer):
                 prefetch_factor=self.args.dataloader_prefetch_factor,
             )
         return super().get_train_dataloader()
+
+    def get_decay_parameter_names(self, model: nn.Module) -> list[str]:
+        """Weight decay on weight matrices only (CLIP / open_clip), unless `stock_weight_decay_groups`.
+
+        The stock rule exempts biases and LayerNorm weights by name but decays `logit_scale`, which pulls the
+        learned temperature towards exp(0) = 1, i.e. towards flat logits and the ln(batch) plateau; and it decays
+        1-D parameters such as a ViT's class embedding or SigLIP's logit bias. Decaying only parameters with two or
+        more dimensions covers every tower without name patterns.
+        """
+        if self.args.stock_weight_decay_groups:
+            return super().get_decay_parameter_names(model)
+        return [name for name, param in model.named_parameters() if param.ndim >= 2]
 
     def _get_train_sampler(self, train_dataset: Dataset | None = None) -> torch.utils.data.Sampler | None:
         if not self.args.grit_sampling:

@@ -6,15 +6,20 @@ transformers and its sibling files, never `hf_vlp.*`.
 
 from __future__ import annotations
 
+import math
+
 from transformers import AutoConfig, PreTrainedConfig
 
 
-__all__ = ["DualEncoderConfig", "build_sub_config"]
+__all__ = ["DualEncoderConfig", "build_sub_config", "resolve_vision_pooling"]
 
 TEXT_POOLING_MODES = ("cls", "mean")
-VISION_POOLING_MODES = ("pooler", "cls", "mean")
+VISION_POOLING_MODES = ("auto", "pooler", "cls", "mean")
 SIMILARITY_MODES = ("global", "token_wise")
 TOKEN_REDUCTION_MODES = ("none", "norm", "learned")
+CONTRASTIVE_LOSSES = ("softmax", "sigmoid")
+# CLIP's log(1/0.07) for the softmax loss; SigLIP's log(10) for the sigmoid loss.
+DEFAULT_LOGIT_SCALE_INIT = {"softmax": 2.6592, "sigmoid": math.log(10.0)}
 
 
 def build_sub_config(value: PreTrainedConfig | dict | None, default_model_type: str) -> PreTrainedConfig:
@@ -31,6 +36,20 @@ def build_sub_config(value: PreTrainedConfig | dict | None, default_model_type: 
     return AutoConfig.for_model(model_type, **value)
 
 
+def resolve_vision_pooling(mode: str, vision_config: PreTrainedConfig) -> str:
+    """The concrete pooling `"auto"` stands for with this vision tower.
+
+    A tower whose pooler is a dense layer + activation on the first token (ViT, DeiT: configs with `pooler_act`) gets
+    `"cls"`: that head is trained only by a classification fine-tune, starts random in a fresh model, and its tanh
+    squashes the embeddings of different images together (pairwise cosine near 1 at init). Every other tower keeps its
+    own `pooler_output`: the layer-normed class token for CLIP, the average of the last stage for Swin and ConvNets.
+    Resolved when the config is built, so a saved `config.json` states the pooling the weights were trained with.
+    """
+    if mode != "auto":
+        return mode
+    return "cls" if getattr(vision_config, "pooler_act", None) is not None else "pooler"
+
+
 class DualEncoderConfig(PreTrainedConfig):
     r"""Configuration of a [`DualEncoderModel`]: any transformers text tower plus any vision tower.
 
@@ -42,15 +61,21 @@ class DualEncoderConfig(PreTrainedConfig):
             Config of the vision tower; any transformers vision model (default: a CLIP vision transformer).
         projection_dim (`int`, *optional*, defaults to 512):
             Width of the shared embedding space both towers are projected into.
-        logit_scale_init_value (`float`, *optional*, defaults to 2.6592):
-            Initial log of the contrastive temperature's inverse (CLIP's log(1/0.07)).
+        logit_scale_init_value (`float`, *optional*):
+            Initial log of the contrastive temperature's inverse: by default CLIP's log(1/0.07) = 2.6592 with the
+            softmax loss, SigLIP's log(10) with the sigmoid loss.
         logit_scale_max (`float`, *optional*, defaults to 100.0):
             Upper bound of `exp(logit_scale)`, as CLIP clamps it, so training cannot make the softmax degenerate.
-        text_pooling (`str`, *optional*, defaults to `"cls"`):
-            `"cls"` (first token, as Chinese-CLIP) or `"mean"` (mean over non-padding tokens).
-        vision_pooling (`str`, *optional*, defaults to `"pooler"`):
+        text_pooling (`str`, *optional*, defaults to `"mean"`):
+            `"mean"` (mean over non-padding tokens) or `"cls"` (first token, as Chinese-CLIP, whose conversions and
+            presets set it). Mean is the default for new models: at initialisation a BERT's first-token states of
+            different captions are nearly identical (pairwise cosine 0.999 against 0.885 for the mean), and a
+            fresh model pooled that way stays on the ln(batch) loss plateau much longer
+            (`benchmarks/bench_quality.py`, row `text_cls_pooling`).
+        vision_pooling (`str`, *optional*, defaults to `"auto"`):
             `"pooler"` (the tower's own `pooler_output`, falling back to the first token when it has none),
-            `"cls"` or `"mean"`.
+            `"cls"`, `"mean"`, or `"auto"`: the tower's pooler unless it is a dense + tanh classification head
+            (ViT), then `"cls"` (see `resolve_vision_pooling`; stored resolved).
         similarity (`str`, *optional*, defaults to `"global"`):
             `"global"` cosine of pooled embeddings (CLIP) or `"token_wise"` late interaction (FILIP, as Wukong).
         token_reduction (`str`, *optional*, defaults to `"none"`):
@@ -73,6 +98,21 @@ class DualEncoderConfig(PreTrainedConfig):
             With `lock_text`, leave its last N layers trainable.
         gather_distributed (`bool`, *optional*, defaults to `True`):
             Under `torch.distributed`, use every rank's embeddings as negatives (gathered with gradient).
+        contrastive_loss (`str`, *optional*, defaults to `"softmax"`):
+            `"softmax"`: symmetric InfoNCE (CLIP). `"sigmoid"`: SigLIP's pairwise sigmoid loss, every image-text
+            pair an independent binary match with a learned bias (`logit_bias`); no softmax over the batch, so it
+            does not need the batch to hold a pair's only positive, and it gathers across ranks like InfoNCE.
+        logit_bias_init_value (`float`, *optional*, defaults to -10.0):
+            Initial `logit_bias` of the sigmoid loss (SigLIP's -10: at the start almost every pair is a negative,
+            which keeps the first steps from being dominated by the many negatives).
+        vision_patch_dropout (`float`, *optional*, defaults to 0.0):
+            FLIP random patch dropout: in training mode, drop this share of the image's patch tokens (a new random
+            subset per image; CLS and register tokens are kept), which divides the vision tower's cost by about
+            `1 / (1 - rate)`. The full image is used in eval mode, and 0 changes nothing. Only vision transformers
+            whose embeddings add absolute position embeddings (ViT, CLIP vision, DINOv2, SigLIP vision) can take
+            it; hierarchical or convolutional towers are refused at construction. Give it when the model is built
+            or loaded (`from_pretrained(..., vision_patch_dropout=0.5)`): the hook is attached then. A fully locked
+            vision tower (LiT) stays in eval mode and so always sees the whole image.
 
     Example:
 
@@ -93,10 +133,10 @@ class DualEncoderConfig(PreTrainedConfig):
         text_config: PreTrainedConfig | dict | None = None,
         vision_config: PreTrainedConfig | dict | None = None,
         projection_dim: int = 512,
-        logit_scale_init_value: float = 2.6592,
+        logit_scale_init_value: float | None = None,
         logit_scale_max: float = 100.0,
-        text_pooling: str = "cls",
-        vision_pooling: str = "pooler",
+        text_pooling: str = "mean",
+        vision_pooling: str = "auto",
         similarity: str = "global",
         token_reduction: str = "none",
         image_tokens_kept: int | None = None,
@@ -108,15 +148,22 @@ class DualEncoderConfig(PreTrainedConfig):
         lock_text_unlocked_layers: int = 0,
         gather_distributed: bool = True,
         initializer_factor: float = 1.0,
+        contrastive_loss: str = "softmax",
+        logit_bias_init_value: float = -10.0,
+        vision_patch_dropout: float = 0.0,
         **kwargs,
     ):
         self.text_config = build_sub_config(text_config, self.default_text_model_type)
         self.vision_config = build_sub_config(vision_config, self.default_vision_model_type)
         self.projection_dim = projection_dim
-        self.logit_scale_init_value = logit_scale_init_value
+        self.logit_scale_init_value = (
+            logit_scale_init_value
+            if logit_scale_init_value is not None
+            else DEFAULT_LOGIT_SCALE_INIT.get(contrastive_loss, DEFAULT_LOGIT_SCALE_INIT["softmax"])
+        )
         self.logit_scale_max = logit_scale_max
         self.text_pooling = text_pooling
-        self.vision_pooling = vision_pooling
+        self.vision_pooling = resolve_vision_pooling(vision_pooling, self.vision_config)
         self.similarity = similarity
         self.token_reduction = token_reduction
         self.image_tokens_kept = image_tokens_kept
@@ -128,6 +175,9 @@ class DualEncoderConfig(PreTrainedConfig):
         self.lock_text_unlocked_layers = lock_text_unlocked_layers
         self.gather_distributed = gather_distributed
         self.initializer_factor = initializer_factor
+        self.contrastive_loss = contrastive_loss
+        self.logit_bias_init_value = logit_bias_init_value
+        self.vision_patch_dropout = vision_patch_dropout
         super().__init__(**kwargs)
         self.check_options()
 
@@ -138,6 +188,7 @@ class DualEncoderConfig(PreTrainedConfig):
             ("vision_pooling", VISION_POOLING_MODES),
             ("similarity", SIMILARITY_MODES),
             ("token_reduction", TOKEN_REDUCTION_MODES),
+            ("contrastive_loss", CONTRASTIVE_LOSSES),
         ):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{type(self).__name__}.{name}={getattr(self, name)!r}; expected one of {allowed}")
@@ -147,6 +198,8 @@ class DualEncoderConfig(PreTrainedConfig):
                 raise ValueError(f"{type(self).__name__}.{name} must be >= 1 or None, got {value}")
         if self.token_reduction == "learned" and (self.image_tokens_kept is None or self.text_tokens_kept is None):
             raise ValueError("token_reduction='learned' needs both image_tokens_kept and text_tokens_kept")
+        if not 0.0 <= self.vision_patch_dropout < 1.0:
+            raise ValueError(f"vision_patch_dropout must be in [0, 1), got {self.vision_patch_dropout}")
         if self.projection_dim < 1:
             raise ValueError(f"projection_dim must be >= 1, got {self.projection_dim}")
 

@@ -8,7 +8,12 @@ from __future__ import annotations
 
 from transformers import AutoConfig, PreTrainedConfig
 
-from .configuration_dual_encoder import TEXT_POOLING_MODES, VISION_POOLING_MODES, build_sub_config
+from .configuration_dual_encoder import (
+    TEXT_POOLING_MODES,
+    VISION_POOLING_MODES,
+    build_sub_config,
+    resolve_vision_pooling,
+)
 
 
 __all__ = ["FusionEncoderConfig"]
@@ -39,8 +44,9 @@ class FusionEncoderConfig(PreTrainedConfig):
             Initial log of the contrastive temperature's inverse (log(1/0.07), ALBEF's `temp`).
         logit_scale_max (`float`, *optional*, defaults to 100.0):
             Upper bound of `exp(logit_scale)`.
-        text_pooling (`str`, *optional*, defaults to `"cls"`): `"cls"` or `"mean"`, as in the dual encoder.
-        vision_pooling (`str`, *optional*, defaults to `"pooler"`): `"pooler"`, `"cls"` or `"mean"`.
+        text_pooling (`str`, *optional*, defaults to `"mean"`): `"mean"` or `"cls"`, as in the dual encoder.
+        vision_pooling (`str`, *optional*, defaults to `"auto"`): `"auto"`, `"pooler"`, `"cls"` or `"mean"`, as in
+            the dual encoder.
         num_fusion_layers (`int`, *optional*, defaults to 6):
             Cross-attention layers on top of the towers, in each cross encoder.
         fusion_mode (`str`, *optional*, defaults to `"albef"`):
@@ -115,8 +121,8 @@ class FusionEncoderConfig(PreTrainedConfig):
         projection_dim: int | None = None,
         logit_scale_init_value: float = 2.6592,
         logit_scale_max: float = 100.0,
-        text_pooling: str = "cls",
-        vision_pooling: str = "pooler",
+        text_pooling: str = "mean",
+        vision_pooling: str = "auto",
         num_fusion_layers: int = 6,
         fusion_mode: str = "albef",
         fusion_hidden_size: int | None = None,
@@ -152,7 +158,7 @@ class FusionEncoderConfig(PreTrainedConfig):
         self.logit_scale_init_value = logit_scale_init_value
         self.logit_scale_max = logit_scale_max
         self.text_pooling = text_pooling
-        self.vision_pooling = vision_pooling
+        self.vision_pooling = resolve_vision_pooling(vision_pooling, self.vision_config)
         self.num_fusion_layers = num_fusion_layers
         self.fusion_mode = fusion_mode
         # Resolved here rather than at model build time so that config.json states the real architecture.

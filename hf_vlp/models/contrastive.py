@@ -20,6 +20,8 @@ __all__ = [
     "contrastive_targets",
     "soft_cross_entropy",
     "image_text_contrastive_loss",
+    "positive_pairs",
+    "sigmoid_contrastive_loss",
     "token_wise_similarity",
 ]
 
@@ -45,12 +47,25 @@ def contrastive_targets(
     the target spreads evenly over them, as ALBEF's retrieval fine-tuning does, so two captions of one image
     are never pushed apart as negatives.
     """
-    if query_ids is None or key_ids is None:
-        targets = torch.zeros(num_queries, num_keys, device=device)
-        targets[torch.arange(num_queries, device=device), torch.arange(num_queries, device=device) + offset] = 1.0
-        return targets
-    positives = (query_ids.view(-1, 1) == key_ids.view(1, -1)).float()
+    positives = positive_pairs(num_queries, num_keys, offset, query_ids, key_ids, device).float()
     return positives / positives.sum(dim=1, keepdim=True).clamp(min=1.0)
+
+
+def positive_pairs(
+    num_queries: int,
+    num_keys: int,
+    offset: int = 0,
+    query_ids: torch.Tensor | None = None,
+    key_ids: torch.Tensor | None = None,
+    device: torch.device | None = None,
+) -> torch.Tensor:
+    """Boolean (num_queries, num_keys): which keys are positives of each query (see `contrastive_targets`)."""
+    if query_ids is None or key_ids is None:
+        positives = torch.zeros(num_queries, num_keys, dtype=torch.bool, device=device)
+        rows = torch.arange(num_queries, device=device)
+        positives[rows, rows + offset] = True
+        return positives
+    return query_ids.view(-1, 1).to(device) == key_ids.view(1, -1).to(device)
 
 
 def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -83,6 +98,33 @@ def image_text_contrastive_loss(
         num_local, num_all, offset, image_ids, all_image_ids, device=logits_per_image.device
     ).to(logits_per_image.dtype)
     return (soft_cross_entropy(logits_per_image, targets) + soft_cross_entropy(logits_per_text, targets)) / 2
+
+
+def sigmoid_contrastive_loss(
+    logits_per_image: torch.Tensor,
+    logits_per_text: torch.Tensor,
+    offset: int = 0,
+    image_ids: torch.Tensor | None = None,
+    all_image_ids: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """SigLIP's pairwise sigmoid loss (Zhai et al., 2023) over local queries against (possibly gathered) keys.
+
+    Every (image, text) pair is an independent binary match: `-log sigmoid(z * logit)` with `z = +1` for positives
+    (the pair itself, or every pair sharing an image when ids are given) and `-1` otherwise; the logits already
+    hold the temperature and the learned bias. Summed over keys and averaged over local queries, as SigLIP
+    normalises by the batch size, so the mean over ranks of the rank losses (and DDP's average of their gradients,
+    with keys gathered by `gather_with_grad`) equals the one-process loss on the concatenated batch. Both directions
+    are averaged: with global similarity they hold the same pairs (one direction's value), with FILIP's token-wise
+    similarity each direction has its own scores.
+    """
+    num_local, num_all = logits_per_image.shape
+    positives = positive_pairs(num_local, num_all, offset, image_ids, all_image_ids, device=logits_per_image.device)
+    signs = positives.to(logits_per_image.dtype) * 2 - 1
+
+    def one_direction(logits: torch.Tensor) -> torch.Tensor:
+        return -F.logsigmoid(signs * logits).sum() / num_local
+
+    return (one_direction(logits_per_image) + one_direction(logits_per_text)) / 2
 
 
 def token_wise_similarity(

@@ -4,23 +4,28 @@ Web-scale image-text data holds every kind of image: CMYK JPEGs, palette PNGs wi
 greyscale scans, empty files. Each is either converted to 8-bit RGB the way a person would expect (alpha
 composited on white, 16-bit scaled, not clipped) or refused with an `InvalidImageError` that names which
 image and why. The PIL backend is used so that inference does not need torchvision.
-Shipped with saved models (Hub custom code): imports numpy, PIL and transformers only.
+Training mode (`augment`): retrieval-safe augmentation, a random resized crop that never flips by default, because
+Chinese captions name positions (左边 / 右边) that a mirror image would contradict. The training collator asks for
+it; evaluation and inference never run it.
+Shipped with saved models (Hub custom code): imports numpy, PIL, torch and transformers only.
 """
 
 from __future__ import annotations
 
 import io
+import math
 import os
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image, UnidentifiedImageError
 from transformers.image_processing_backends import PilBackend
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PILImageResampling
 
 
-__all__ = ["InvalidImageError", "VLPImageProcessor", "sanitize_image"]
+__all__ = ["InvalidImageError", "VLPImageProcessor", "random_crop_box", "sanitize_image"]
 
 _DIRECT_TO_RGB = {"RGB", "L", "1", "CMYK", "YCbCr", "LAB", "HSV"}
 _WITH_ALPHA = {"RGBA", "LA", "PA", "RGBa", "La"}
@@ -120,8 +125,49 @@ def sanitize_image(image: Any, index: int = 0) -> Image.Image:
     raise InvalidImageError(index, f"unsupported image mode {image.mode!r}")
 
 
+def _uniform(low: float, high: float, generator: torch.Generator | None) -> float:
+    return low + (high - low) * float(torch.rand((), generator=generator))
+
+
+def random_crop_box(
+    width: int,
+    height: int,
+    scale: tuple[float, float],
+    ratio: tuple[float, float],
+    generator: torch.Generator | None = None,
+) -> tuple[int, int, int, int]:
+    """A random `(left, top, right, bottom)` box covering a `scale` share of the area with aspect in `ratio`.
+
+    The usual random-resized-crop sampling (area uniform in `scale`, log-aspect uniform in `ratio`, up to ten
+    tries); when no try fits, the largest centred box of aspect within `ratio`.
+    """
+    area = width * height
+    log_low, log_high = math.log(ratio[0]), math.log(ratio[1])
+    for _ in range(10):
+        target = area * _uniform(scale[0], scale[1], generator)
+        aspect = math.exp(_uniform(log_low, log_high, generator))
+        crop_w, crop_h = round(math.sqrt(target * aspect)), round(math.sqrt(target / aspect))
+        if 0 < crop_w <= width and 0 < crop_h <= height:
+            left = int(torch.randint(0, width - crop_w + 1, (), generator=generator))
+            top = int(torch.randint(0, height - crop_h + 1, (), generator=generator))
+            return left, top, left + crop_w, top + crop_h
+    aspect = min(max(width / height, ratio[0]), ratio[1])
+    crop_w, crop_h = (width, round(width / aspect)) if width / height < aspect else (round(height * aspect), height)
+    crop_w, crop_h = min(crop_w, width), min(crop_h, height)
+    left, top = (width - crop_w) // 2, (height - crop_h) // 2
+    return left, top, left + crop_w, top + crop_h
+
+
 class VLPImageProcessor(PilBackend):
-    """CLIP-style preprocessing (bicubic resize to a square, CLIP mean/std) of sanitised RGB images."""
+    """CLIP-style preprocessing (bicubic resize to a square, CLIP mean/std) of sanitised RGB images.
+
+    Training-mode attributes (saved with the processor; used only by `augment`):
+
+    * `train_crop_scale` (default `(0.8, 1.0)`): share of the image's area a random crop covers.
+    * `train_crop_ratio` (default `(3/4, 4/3)`): aspect range of the crop.
+    * `train_horizontal_flip` (default `False`): mirror half of the images. Off, because captions that say
+      左 / 右 would become false; switch it on only for data whose captions never name sides.
+    """
 
     resample = PILImageResampling.BICUBIC
     image_mean = OPENAI_CLIP_MEAN
@@ -133,6 +179,32 @@ class VLPImageProcessor(PilBackend):
     do_normalize = True
     do_convert_rgb = True
     model_input_names = ["pixel_values"]
+    train_crop_scale = (0.8, 1.0)
+    train_crop_ratio = (3 / 4, 4 / 3)
+    train_horizontal_flip = False
+
+    def augment(
+        self,
+        image: Any,
+        crop_scale: tuple[float, float] | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Image.Image:
+        """Training mode: a random resized crop (and a flip only if `train_horizontal_flip`) of one image.
+
+        The crop is taken from the sanitised original and resized by `preprocess` afterwards. Random draws come
+        from `generator`, or from torch's global RNG, which the Trainer seeds (and seeds per DataLoader worker),
+        so a seeded run sees the same crops. `crop_scale` overrides `train_crop_scale`.
+        """
+        image = sanitize_image(image)
+        scale = tuple(crop_scale if crop_scale is not None else self.train_crop_scale)
+        if not 0.0 < scale[0] <= scale[1] <= 1.0:
+            raise ValueError(f"crop scale must satisfy 0 < low <= high <= 1, got {scale}")
+        box = random_crop_box(image.width, image.height, scale, tuple(self.train_crop_ratio), generator)
+        if box != (0, 0, image.width, image.height):
+            image = image.crop(box)
+        if self.train_horizontal_flip and float(torch.rand((), generator=generator)) < 0.5:
+            image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        return image
 
     def preprocess(self, images, *args, **kwargs):
         """Sanitise every image (see `sanitize_image`), then run the standard pipeline."""

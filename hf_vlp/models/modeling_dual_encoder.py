@@ -18,9 +18,11 @@ from transformers import AutoConfig, PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils import ModelOutput
+from transformers.utils.generic import can_return_tuple
 
 from .configuration_dual_encoder import DualEncoderConfig
-from .contrastive import image_text_contrastive_loss, token_wise_similarity
+from .contrastive import image_text_contrastive_loss, sigmoid_contrastive_loss, token_wise_similarity
+from .patch_dropout import attach_patch_dropout
 from .retrieval_core import RetrievalEmbeddings, gather_contrastive_batch
 from .towers import (
     build_tower,
@@ -128,7 +130,19 @@ class VLPPreTrainedModel(PreTrainedModel):
     # Sums of ITC/ITM/MLM must be scaled by the Trainer under gradient accumulation, not by token counts.
     accepts_loss_kwargs = False
 
+    # Heads that map a tower's width into the shared embedding space; initialised as CLIP does (see _init_weights).
+    _projection_names = ("text_projection", "visual_projection")
+
     def _init_weights(self, module: nn.Module) -> None:
+        """Initialise hf-vlp's own modules; the towers keep their own family's scheme (BERT's, CLIP's ...).
+
+        The embedding projections follow CLIP / Chinese-CLIP: normal with std `in_features ** -0.5` (times
+        `initializer_factor`), not the 0.02 of a generic linear layer. At 0.02 a 192-wide tower's embeddings start
+        3.6x smaller relative to their own noise, the scaled logits start nearly flat (std 0.09 against CLIP's
+        0.36 at the same logit scale), and a fresh model sits on the ln(batch) loss plateau far longer
+        (benchmarks/bench_quality.py). transformers initialises children before their parent, so the parent-level
+        branch below has the last word on the projections.
+        """
         factor = getattr(self.config, "initializer_factor", 1.0)
         if isinstance(module, nn.Linear):
             init.normal_(module.weight, mean=0.0, std=0.02 * factor)
@@ -139,6 +153,10 @@ class VLPPreTrainedModel(PreTrainedModel):
             init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
             init.normal_(module.weight, mean=0.0, std=0.02 * factor)
+        for name in self._projection_names:  # (a fusion model's momentum copies are then copied from these)
+            projection = getattr(module, name, None)
+            if isinstance(projection, nn.Linear):
+                init.normal_(projection.weight, mean=0.0, std=projection.in_features**-0.5 * factor)
         if getattr(module, "logit_scale", None) is not None and isinstance(module.logit_scale, nn.Parameter):
             init.constant_(module.logit_scale, self.config.logit_scale_init_value)
 
@@ -161,6 +179,35 @@ class VLPPreTrainedModel(PreTrainedModel):
     def get_logit_scale(self) -> torch.Tensor:
         """exp(logit_scale) clamped to `config.logit_scale_max`, as CLIP (and ALBEF) bound the temperature."""
         return self.logit_scale.clamp(max=math.log(self.config.logit_scale_max)).exp()
+
+    # Whether `match_score` is already a log-odds (a fusion ITM head) that is a probability uncalibrated.
+    match_score_is_log_odds = False
+
+    @torch.no_grad()
+    def match_probability(
+        self,
+        input_ids: torch.Tensor,
+        pixel_values: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Probability that each (image[i], text[i]) pair matches, shape `(pairs,)`; a side with one item is paired
+        with every item of the other (one image against N captions gives N probabilities).
+
+        `sigmoid(scale * match_score + bias)` with the `config.match_calibration` that `hf-vlp calibrate` fits on
+        held-out pairs: a cosine of 0.3 means nothing by itself, a calibrated 0.9 is right about 90% of the time.
+        Fusion encoders score with their ITM head, which is a probability even uncalibrated; a dual encoder
+        without calibration raises `ValueError` naming the command.
+        """
+        calibration = getattr(self.config, "match_calibration", None)
+        if calibration is None and not self.match_score_is_log_odds:
+            raise ValueError(
+                f"{type(self).__name__} has no match calibration: run `hf-vlp calibrate MODEL --eval-dir DIR` first"
+            )
+        scale, bias = (calibration["scale"], calibration["bias"]) if calibration else (1.0, 0.0)
+        image = self.encode_image(pixel_values)
+        text = self.encode_text(input_ids, attention_mask, token_type_ids)
+        return torch.sigmoid(scale * self.match_score(image, text).float() + bias)
 
     @classmethod
     def from_vision_text_pretrained(
@@ -240,11 +287,22 @@ class DualEncoderModel(VLPPreTrainedModel):
         self.text_projection = nn.Linear(text_dim, config.projection_dim, bias=False)
         self.visual_projection = nn.Linear(vision_dim, config.projection_dim, bias=False)
         self.logit_scale = nn.Parameter(torch.tensor(config.logit_scale_init_value))
+        # SigLIP's learned bias of the sigmoid loss; no weight decay (like logit_scale).
+        self.logit_bias = (
+            nn.Parameter(torch.tensor(config.logit_bias_init_value)) if config.contrastive_loss == "sigmoid" else None
+        )
+        if config.vision_patch_dropout:
+            attach_patch_dropout(self.vision_model, config)
         if config.similarity == "token_wise" and config.token_reduction == "learned":
             self.image_token_reducer = TokenReducer(config.projection_dim, config.image_tokens_kept)
             self.text_token_reducer = TokenReducer(config.projection_dim, config.text_tokens_kept)
         self.post_init()
         self.apply_locks()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if module is self and self.logit_bias is not None:
+            init.constant_(self.logit_bias, self.config.logit_bias_init_value)
 
     # ---------------------------------------------------------------- trainability (LiT)
     def apply_locks(self) -> None:
@@ -269,6 +327,7 @@ class DualEncoderModel(VLPPreTrainedModel):
         return self
 
     # ---------------------------------------------------------------- features
+    @can_return_tuple
     def get_text_features(
         self,
         input_ids: torch.Tensor,
@@ -276,8 +335,9 @@ class DualEncoderModel(VLPPreTrainedModel):
         token_type_ids: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         **kwargs,
-    ) -> BaseModelOutputWithPooling:
-        """Text tower output whose `pooler_output` is the projected (unnormalised) text embedding."""
+    ) -> BaseModelOutputWithPooling | tuple:
+        """Text tower output whose `pooler_output` is the projected (unnormalised) text embedding (a tuple with
+        `return_dict=False` or `config.return_dict=False`, as CLIP)."""
         return text_tower_features(
             self.text_model,
             self.text_projection,
@@ -289,8 +349,10 @@ class DualEncoderModel(VLPPreTrainedModel):
             **kwargs,
         )
 
-    def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling:
-        """Vision tower output whose `pooler_output` is the projected (unnormalised) image embedding."""
+    @can_return_tuple
+    def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling | tuple:
+        """Vision tower output whose `pooler_output` is the projected (unnormalised) image embedding (a tuple with
+        `return_dict=False` or `config.return_dict=False`, as CLIP)."""
         return vision_tower_features(
             self.vision_model, self.visual_projection, self.config.vision_pooling, pixel_values, **kwargs
         )
@@ -320,12 +382,13 @@ class DualEncoderModel(VLPPreTrainedModel):
         **kwargs,
     ) -> RetrievalEmbeddings:
         """Normalised text embeddings (and token embeddings for token-wise similarity) for retrieval."""
-        features = self.get_text_features(input_ids, attention_mask, token_type_ids, **kwargs)
+        features = self.get_text_features(input_ids, attention_mask, token_type_ids, return_dict=True, **kwargs)
         return self._retrieval_embeddings(features, attention_mask, is_image=False)
 
     def encode_image(self, pixel_values: torch.Tensor, **kwargs) -> RetrievalEmbeddings:
         """Normalised image embeddings (and token embeddings for token-wise similarity) for retrieval."""
-        return self._retrieval_embeddings(self.get_image_features(pixel_values, **kwargs), None, is_image=True)
+        features = self.get_image_features(pixel_values, return_dict=True, **kwargs)
+        return self._retrieval_embeddings(features, None, is_image=True)
 
     def similarity(self, image: RetrievalEmbeddings, text: RetrievalEmbeddings) -> tuple[torch.Tensor, torch.Tensor]:
         """Unscaled similarity of every image with every text: `(sim_i2t, sim_t2i)`, both (images, texts).
@@ -342,6 +405,16 @@ class DualEncoderModel(VLPPreTrainedModel):
             )
         sim = image.embeds @ text.embeds.t()
         return sim, sim
+
+    def match_score(self, image: RetrievalEmbeddings, text: RetrievalEmbeddings) -> torch.Tensor:
+        """Similarity of each aligned (image[i], text[i]) pair (a side of one is broadcast): what
+        `match_probability` calibrates."""
+        scores = self.similarity(image, text)[0]
+        if scores.shape[0] == 1 or scores.shape[1] == 1:
+            return scores.flatten()
+        if scores.shape[0] != scores.shape[1]:
+            raise ValueError(f"cannot pair {scores.shape[0]} images with {scores.shape[1]} texts")
+        return scores.diagonal()
 
     # ---------------------------------------------------------------- forward
     def forward(
@@ -373,9 +446,9 @@ class DualEncoderModel(VLPPreTrainedModel):
         # backward temporaries) and the vision tower last, after the text activations are freed, lowers the
         # peak memory of a train step (by 7-9% at the tiny preset's sizes, to ChineseCLIPModel's, which runs the
         # towers in this order; see benchmarks/bench_train_step.py).
-        image_features = self.get_image_features(pixel_values, **tower_kwargs)
+        image_features = self.get_image_features(pixel_values, return_dict=True, **tower_kwargs)
         text_features = self.get_text_features(
-            input_ids, attention_mask, token_type_ids, position_ids=position_ids, **tower_kwargs
+            input_ids, attention_mask, token_type_ids, position_ids=position_ids, return_dict=True, **tower_kwargs
         )
         text = self._retrieval_embeddings(text_features, attention_mask, is_image=False)
         image = self._retrieval_embeddings(image_features, None, is_image=True)
@@ -384,6 +457,10 @@ class DualEncoderModel(VLPPreTrainedModel):
         sim_i2t, sim_t2i = self.similarity(image, text)
         logits_per_image = logit_scale * sim_i2t
         logits_per_text = logit_scale * sim_t2i.t()
+        if self.logit_bias is not None:
+            # As SiglipModel: with the sigmoid loss, sigmoid(logits) is the model's match probability of a pair.
+            logits_per_image = logits_per_image + self.logit_bias
+            logits_per_text = logits_per_text + self.logit_bias
 
         loss = None
         if return_loss:
@@ -409,7 +486,8 @@ class DualEncoderModel(VLPPreTrainedModel):
         logit_scale: torch.Tensor,
         image_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Symmetric InfoNCE of the local batch against the keys of every rank (one rank: the batch itself)."""
+        """The configured loss (symmetric InfoNCE, or SigLIP's sigmoid loss) of the local batch against the keys of
+        every rank (one rank: the batch itself)."""
         all_image, all_text, offset, all_ids = gather_contrastive_batch(
             image, text, image_ids, enabled=self.config.gather_distributed
         )
@@ -420,4 +498,12 @@ class DualEncoderModel(VLPPreTrainedModel):
         else:
             i2t, _ = self.similarity(image, all_text)
             _, t2i = self.similarity(all_image, text)
+        if self.logit_bias is not None:
+            return sigmoid_contrastive_loss(
+                logit_scale * i2t + self.logit_bias,
+                logit_scale * t2i.t() + self.logit_bias,
+                offset,
+                image_ids,
+                all_ids,
+            )
         return image_text_contrastive_loss(logit_scale * i2t, logit_scale * t2i.t(), offset, image_ids, all_ids)

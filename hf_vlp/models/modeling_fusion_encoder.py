@@ -30,6 +30,7 @@ from torch import nn
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils import logging
+from transformers.utils.generic import can_return_tuple
 
 from .configuration_fusion_encoder import FusionEncoderConfig
 from .contrastive import image_text_contrastive_loss
@@ -158,6 +159,7 @@ class FusionEncoderForRetrieval(VLPPreTrainedModel):
             **kwargs,
         )
 
+    @can_return_tuple
     def get_text_features(
         self,
         input_ids: torch.Tensor,
@@ -165,12 +167,15 @@ class FusionEncoderForRetrieval(VLPPreTrainedModel):
         token_type_ids: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         **kwargs,
-    ) -> BaseModelOutputWithPooling:
-        """Text tower output whose `pooler_output` is the projected (unnormalised) contrastive embedding."""
+    ) -> BaseModelOutputWithPooling | tuple:
+        """Text tower output whose `pooler_output` is the projected (unnormalised) contrastive embedding (a tuple
+        with `return_dict=False` or `config.return_dict=False`, as CLIP)."""
         return self._text_features(input_ids, attention_mask, token_type_ids, position_ids, **kwargs)
 
-    def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling:
-        """Vision tower output whose `pooler_output` is the projected (unnormalised) contrastive embedding."""
+    @can_return_tuple
+    def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling | tuple:
+        """Vision tower output whose `pooler_output` is the projected (unnormalised) contrastive embedding (a tuple
+        with `return_dict=False` or `config.return_dict=False`, as CLIP)."""
         return self._image_features(pixel_values, **kwargs)
 
     def _embeddings(
@@ -275,6 +280,12 @@ class FusionEncoderForRetrieval(VLPPreTrainedModel):
         image, text = _broadcast_pairs(image, text)
         logits = self.cross_encode(image, text).itm_logits
         return logits[:, 1] - logits[:, 0]
+
+    match_score_is_log_odds = True
+
+    def match_score(self, image: FusionRetrievalEmbeddings, text: FusionRetrievalEmbeddings) -> torch.Tensor:
+        """ITM log-odds of each aligned pair (see `rerank_scores`): what `match_probability` calibrates."""
+        return self.rerank_scores(image, text)
 
     def itm_score(
         self,

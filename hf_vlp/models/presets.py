@@ -80,6 +80,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "text_config": _BERT_BASE_CHINESE,
             "vision_config": _clip_vision(768, 12, 12, 16),
             "projection_dim": 512,
+            "text_pooling": "cls",  # Chinese-CLIP pools the first token
         },
         "pretrained": {"convert_from": "OFA-Sys/chinese-clip-vit-base-patch16"},
         "processor": {
@@ -95,6 +96,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "text_config": _BERT_BASE_CHINESE,
             "vision_config": _clip_vision(1024, 24, 16, 14),
             "projection_dim": 768,
+            "text_pooling": "cls",  # Chinese-CLIP pools the first token
         },
         "pretrained": {"convert_from": "OFA-Sys/chinese-clip-vit-large-patch14"},
         "processor": {

@@ -144,7 +144,12 @@ def text_tower_features(
 ) -> BaseModelOutputWithPooling:
     """Run a text tower and project its pooled state: the tower's output with `pooler_output` = projected
     (unnormalised) embedding, transformers 5's `get_text_features` convention. Shared by every model family
-    (and by the fusion encoder's momentum copy), so all of them embed text identically."""
+    (and by the fusion encoder's momentum copy), so all of them embed text identically.
+
+    Always returns a `BaseModelOutputWithPooling`: a `return_dict` in `kwargs` is dropped, not passed to the tower
+    (which must return one to be read here); the models' `get_*_features` turn it into a tuple when asked, as
+    transformers' `can_return_tuple` does for CLIP."""
+    kwargs.pop("return_dict", None)
     outputs = tower(
         **present(
             input_ids=input_ids,
@@ -169,6 +174,7 @@ def vision_tower_features(
 ) -> BaseModelOutputWithPooling:
     """Run a vision tower and project its pooled state (see `text_tower_features`); `last_hidden_state` is
     always (batch, tokens, hidden), convolutional towers included."""
+    kwargs.pop("return_dict", None)
     outputs = tower(pixel_values=pixel_values, return_dict=True, **kwargs)
     return BaseModelOutputWithPooling(
         last_hidden_state=vision_tokens(outputs),

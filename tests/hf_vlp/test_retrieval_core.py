@@ -125,7 +125,8 @@ def test_fusion_rank_does_not_depend_on_the_gallery_block_size(monkeypatch):
         whole = model.rank(texts, images, query_modality="text", k=4)
         monkeypatch.setattr(modeling_fusion_encoder, "_RANK_CHUNK_SIZE", 2)
         blocks = model.rank(texts, images, query_modality="text", k=4)
-    assert torch.equal(whole[1], blocks[1]) and torch.equal(whole[0], blocks[0])
+    # the same candidates in the same order; scores equal up to float rounding of a different batch shape
+    assert torch.equal(whole[1], blocks[1]) and torch.allclose(whole[0], blocks[0], atol=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------- contract

@@ -1,7 +1,8 @@
 """End-to-end tests of the Space: the real app served on loopback, driven by headless Chromium and gradio_client.
 
 The app runs in this process (`launch_demo(..., prevent_thread_lock=True)`) on a free port, with the tiny model that
-`conftest.py` trains on the built-in scenes, so the expected image really ranks first.
+`conftest.py` trains on the built-in scenes, serving an index of those scenes built with `hf-vlp index build`'s
+Python API, so the expected image really ranks first, and 以文搜图 / 以图搜图 go through the index.
 """
 
 from __future__ import annotations
@@ -12,6 +13,9 @@ import time
 from concurrent.futures import TimeoutError as FutureTimeout
 
 import pytest
+
+from hf_vlp.space import launch, scenes, ui
+from tests.spaces.conftest import build_scene_index
 
 
 CHROMIUM = "/usr/bin/chromium"
@@ -35,13 +39,15 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def served(app, trained_model_dir):
-    """The app, launched the way `hf-vlp demo` launches it, on 127.0.0.1 and a free port."""
-    demo = app.launch_demo(
+def served(trained_model_dir, scene_folder, tmp_path_factory):
+    """The app, launched the way `hf-vlp demo --index DIR` launches it, on 127.0.0.1 and a free port."""
+    index = build_scene_index(trained_model_dir, scene_folder, tmp_path_factory.mktemp("e2e-index") / "scenes")
+    demo = launch.launch_demo(
         model=str(trained_model_dir),
         host="127.0.0.1",
         port=_free_port(),
-        gallery=app.BUILTIN_GALLERY,
+        gallery="builtin",
+        index=index,
         prevent_thread_lock=True,
     )
     try:
@@ -61,13 +67,13 @@ def _wait_for_text(page, selector: str, text: str) -> str:
 
 @pytest.mark.browser
 @pytest.mark.slow
-def test_browser_search_classify_and_bad_upload(app, served, tmp_path):
+def test_browser_search_classify_and_bad_upload(served, tmp_path):
     if not os.path.exists(CHROMIUM):
         pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)")
     from playwright.sync_api import sync_playwright
 
     blue_triangle = tmp_path / "blue_triangle.png"
-    app.demo_gallery.render_scene("蓝色", "三角形").save(blue_triangle)
+    scenes.render_scene("蓝色", "三角形").save(blue_triangle)
     notes = tmp_path / "notes.txt"
     notes.write_text("这不是图片", encoding="utf-8")
     broken = tmp_path / "broken.png"
@@ -81,21 +87,33 @@ def test_browser_search_classify_and_bad_upload(app, served, tmp_path):
             page.set_default_timeout(TIMEOUT_MS)
             page.goto(served)
 
-            # 以文搜图: type a Chinese query, submit with Enter, expect the red circle first.
+            # 以文搜图 in the index: type a Chinese query, submit with Enter, expect the red circle first.
             query = page.locator("#t2i-query textarea")
             query.fill("一个红色的圆形")
             query.press("Enter")
             status = _wait_for_text(page, "#t2i-status", "用时")
-            assert "内置示例图库（20 张）" in status
+            assert "索引：scenes（20 张）" in status
             results = page.locator("#t2i-results img")
             results.first.wait_for()
-            assert results.count() == app.DEFAULT_TOP_K
+            assert results.count() == ui.DEFAULT_TOP_K
             first = results.first.get_attribute("alt")
             assert first.startswith("1 · ") and first.endswith("一个红色的圆形"), first
             page.wait_for_function(
                 "() => [...document.querySelectorAll('#t2i-results img')].every(i => i.complete && i.naturalWidth > 0)"
             )
             page.screenshot(path=screenshot, full_page=True)
+
+            # 以图搜图 in the index: the uploaded blue triangle finds its own scene first.
+            page.get_by_role("tab", name="以图搜图").click()
+            page.locator("#i2i-image input[type=file]").set_input_files(blue_triangle)
+            page.locator("#i2i-image img").first.wait_for()
+            page.locator("#i2i-submit").click()
+            assert "索引：scenes（20 张）" in _wait_for_text(page, "#i2i-status", "用时")
+            similar = page.locator("#i2i-results img")
+            similar.first.wait_for()
+            first = similar.first.get_attribute("alt")
+            assert first.startswith("1 · 1.000 · ") and first.endswith("一个蓝色的三角形"), first
+            page.screenshot(path=tmp_path / "space_image_search.png", full_page=True)
 
             # 以图搜文: the uploaded blue triangle's own caption comes first.
             page.get_by_role("tab", name="以图搜文").click()
@@ -138,15 +156,16 @@ def test_browser_search_classify_and_bad_upload(app, served, tmp_path):
 
 
 @pytest.mark.slow
-def test_concurrent_queries_through_gradio_client(app, served):
-    """Eight users at once, through the queue (two at a time on the model): every answer correct, in bounded time."""
+def test_concurrent_queries_through_gradio_client(served):
+    """Eight users at once, through the queue (two at a time on the model): every answer correct, in bounded time.
+    Only the query is passed: every other input of `/search` is optional for a client."""
     from gradio_client import Client
 
-    captions = list(app.builtin_gallery().captions)
+    captions = [caption for _, caption in scenes.demo_gallery()]
     queries = captions[::5] + captions[2::5]  # 8 different scenes
     client = Client(served, verbose=False, download_files=False)
     started = time.perf_counter()
-    jobs = [client.submit(query, 3, None, False, api_name="/search") for query in queries]
+    jobs = [client.submit(query=query, top_k=3, api_name="/search") for query in queries]
     try:
         answers = [job.result(timeout=120) for job in jobs]
     except FutureTimeout:
@@ -156,5 +175,5 @@ def test_concurrent_queries_through_gradio_client(app, served):
     for query, (items, reranked, status) in zip(queries, answers):
         assert len(items) == 3 and reranked == []
         assert items[0]["caption"].endswith(query), (query, items[0]["caption"])
-        assert status.startswith("图库：内置示例图库（20 张）")
+        assert status.startswith("索引：scenes（20 张）")
     assert elapsed < 60, f"8 concurrent queries took {elapsed:.1f} s"

@@ -44,7 +44,8 @@ def small_model(seed: int = 0, **overrides) -> DualEncoderModel:
 
 
 def training_args(output_dir, **overrides) -> VLPTrainingArguments:
-    """Arguments for short, exactly reproducible CPU runs: plain SGD, no clipping, constant LR, no saving."""
+    """Arguments for short, exactly reproducible CPU runs: plain SGD, no clipping, constant LR without warm-up,
+    no saving."""
     values = {
         "output_dir": str(output_dir),
         "per_device_train_batch_size": 4,
@@ -53,6 +54,7 @@ def training_args(output_dir, **overrides) -> VLPTrainingArguments:
         "learning_rate": 0.5,
         "optim": "sgd",
         "lr_scheduler_type": "constant",
+        "warmup_steps": 0,
         "max_grad_norm": 0.0,
         "weight_decay": 0.0,
         "save_strategy": "no",

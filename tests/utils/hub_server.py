@@ -5,7 +5,9 @@ part of the Hub API that the *real* ``huggingface_hub`` client calls for ``creat
 ``upload_file`` / ``create_commit`` (preupload, Git-LFS batch + basic transfer + verify, NDJSON commit),
 ``repo_info`` / ``list_repo_tree`` / ``list_repo_files`` / ``get_paths_info`` / ``list_repo_refs`` /
 ``list_repo_commits`` / ``create_branch``, ``snapshot_download`` and ``hf_hub_download`` (``HEAD``/``GET
-/resolve``), and therefore ``transformers``' ``push_to_hub`` / ``from_pretrained``. The request and response shapes
+/resolve``), and therefore ``transformers``' ``push_to_hub`` / ``from_pretrained``; for Spaces also ``create_repo``
+with ``space_sdk`` (required, as on the Hub) and the Space variables (``add_space_variable``,
+``get_space_variables``, ``delete_space_variable``). The request and response shapes
 were read from the installed client (huggingface_hub 2.4: ``hf_api.py``, ``_commit_api.py``, ``lfs.py``,
 ``file_download.py``, ``_snapshot_download.py``, ``utils/_http.py``).
 
@@ -155,16 +157,20 @@ OPERATIONS = frozenset(
         "lfs_upload",
         "lfs_download",
         "resolve",
+        "space_variables",
     }
 )
 
 # Operations that change server state: refused without a token when `require_token=True`.
 _WRITE_OPERATIONS = frozenset(
-    {"create_repo", "delete_repo", "branch", "preupload", "commit", "lfs_batch", "lfs_verify"}
+    {"create_repo", "delete_repo", "branch", "preupload", "commit", "lfs_batch", "lfs_verify", "space_variables"}
 )
 _REPO_TYPE_PREFIX = {"model": "", "dataset": "datasets/", "space": "spaces/"}
 _API_TYPES = {"models": "model", "datasets": "dataset", "spaces": "space"}
-_API_SUBPATHS = frozenset({"revision", "tree", "preupload", "commit", "paths-info", "branch", "refs", "commits"})
+_API_SUBPATHS = frozenset(
+    {"revision", "tree", "preupload", "commit", "paths-info", "branch", "refs", "commits", "variables"}
+)
+_SPACE_SDKS = frozenset({"gradio", "docker", "static"})
 _RESOLVE_PREFIXES = {"datasets": "dataset", "spaces": "space"}
 _COMMIT_SHA = frozenset("0123456789abcdef")
 
@@ -262,6 +268,8 @@ class StoredRepo:
     refs: dict[str, str] = field(default_factory=dict)  # "main", "dev", "refs/pr/1" -> commit sha
     lfs_objects: dict[str, bytes] = field(default_factory=dict)  # sha256 -> bytes
     pr_count: int = 0
+    space_sdk: str | None = None  # spaces only: "gradio", "docker" or "static"
+    variables: dict[str, dict[str, Any]] = field(default_factory=dict)  # spaces only: key -> {value, description...}
 
     @property
     def key(self) -> str:
@@ -809,6 +817,8 @@ class LocalHub:
             return bind(self._commits, "commits", revision=args[0])
         if sub == "branch" and method in ("POST", "DELETE") and args:
             return bind(self._branch, "branch", branch="/".join(args))
+        if sub == "variables" and repo_type == "space" and method in ("GET", "POST", "DELETE") and not args:
+            return bind(self._space_variables, "space_variables", method=method)
         return "unknown", None
 
     # ------------------------------------------------------------------ lookups shared by endpoints
@@ -867,6 +877,9 @@ class LocalHub:
             raise HubError(400, f"Unsupported repo type {repo_type!r}")
         repo_id = f"{payload.get('organization') or self.username}/{name}"
         private = bool(payload.get("private")) or payload.get("visibility") == "private"
+        sdk = payload.get("sdk")
+        if repo_type == "space" and sdk not in _SPACE_SDKS:
+            raise HubError(400, f"A Space needs an sdk, one of {sorted(_SPACE_SDKS)}; got {sdk!r}")
         with self._lock:
             key = _REPO_TYPE_PREFIX[repo_type] + repo_id
             if key in self.repos:
@@ -876,6 +889,10 @@ class LocalHub:
                     status=409,
                 )
             repo = self.create_repo(repo_id, repo_type=repo_type, private=private)
+            if repo_type == "space":
+                repo.space_sdk = sdk
+                for variable in payload.get("variables") or []:
+                    repo.variables[variable["key"]] = {"value": variable["value"], "updatedAt": _now_iso()}
         return _json({"url": self._url(repo), "name": repo_id, "id": hashlib.sha1(key.encode()).hexdigest()[:24]})
 
     def _delete_repo_api(self, *, body: bytes, token: str | None, **_: Any) -> _Response:
@@ -886,6 +903,27 @@ class LocalHub:
             self._get_repo(repo_type, repo_id, token)
             del self.repos[_REPO_TYPE_PREFIX[repo_type] + repo_id]
         return _Response(status=200, body=b"")
+
+    def _space_variables(
+        self, *, repo_type: str, repo_id: str, method: str, body: bytes, token: str | None, **_: Any
+    ) -> _Response:
+        """``/api/spaces/{repo}/variables``: GET lists, POST adds or updates ``{key, value[, description]}``, DELETE
+        removes ``{key}``; each answers the Space's variables as ``{key: {value, description?, updatedAt}}``."""
+        with self._lock:
+            repo = self._get_repo(repo_type, repo_id, token)
+            if method != "GET" and token is None:
+                raise HubError(401, "Space variables need a token")
+            payload = json.loads(body or b"{}") if method != "GET" else {}
+            if method == "POST":
+                if not isinstance(payload.get("key"), str) or not isinstance(payload.get("value"), str):
+                    raise HubError(400, "A Space variable needs a string 'key' and 'value'")
+                entry = {"value": payload["value"], "updatedAt": _now_iso()}
+                if payload.get("description") is not None:
+                    entry["description"] = payload["description"]
+                repo.variables[payload["key"]] = entry
+            elif method == "DELETE":
+                repo.variables.pop(payload.get("key"), None)
+            return _json(dict(repo.variables))
 
     def _validate_yaml(self, **_: Any) -> _Response:
         # The Hub checks model-card metadata here; the client only needs "no errors".
@@ -934,7 +972,7 @@ class LocalHub:
             if repo_type == "model":
                 info["modelId"] = repo.repo_id
             if repo_type == "space":
-                info["sdk"] = "static"
+                info["sdk"] = repo.space_sdk or "static"
         return _json(info)
 
     def _last_commit(self, repo: StoredRepo, commit: Commit, path: str) -> dict[str, str]:

@@ -114,3 +114,8 @@ register_subcommand(
     "finetune", "trainers.cli.finetune:finetune_main", "Adapt a pre-trained model to a domain with LoRA."
 )
 register_subcommand("push", "trainers.cli.push:push_main", "Publish a saved model or adapter folder to the Hub.")
+register_subcommand(
+    "calibrate", "trainers.cli.calibrate:calibrate_main", "Fit a model's match probability (匹配概率)."
+)
+register_subcommand("export", "trainers.cli.export:export_main", "Export the image and text encoders to ONNX.")
+register_subcommand("index", "trainers.cli.index:index_main", "Build or search a faiss index of images or captions.")

@@ -8,9 +8,12 @@ from pathlib import Path
 from typing import Any
 
 
-__all__ = ["build_model_and_processor"]
+__all__ = ["DEFAULT_MAX_LENGTH", "build_model_and_processor", "text_positions"]
 
 logger = logging.getLogger(__name__)
+
+# Chinese-CLIP's context length: the default text length, unless the text tower has fewer positions.
+DEFAULT_MAX_LENGTH = 52
 
 
 def _config_overrides(model_args: Any) -> dict[str, Any]:
@@ -108,6 +111,35 @@ def build_model_and_processor(model_args: Any, pretraining: bool = False) -> tup
         raise SystemExit(
             "hf-vlp: choose a model with --preset, --model-config, --model, or --text-model/--vision-model"
         )
-    if model_args.max_length:
-        processor.max_length = model_args.max_length
+    processor.max_length = _text_length(model.config, model_args.max_length, processor.max_length)
     return model, processor
+
+
+def text_positions(config: Any) -> int | None:
+    """How many tokens the text tower can embed: its position table, less RoBERTa-style reserved rows (those count
+    positions from `pad_token_id + 1`); None for towers without a learned table (e.g. rotary)."""
+    text_config = getattr(config, "text_config", config)
+    positions = getattr(text_config, "max_position_embeddings", None)
+    if positions is None:
+        return None
+    if text_config.model_type in ("roberta", "xlm-roberta", "camembert", "data2vec-text"):
+        positions -= (text_config.pad_token_id or 0) + 1
+    return positions
+
+
+def _text_length(config: Any, requested: int | None, processor_default: int | None) -> int:
+    """The text length to tokenise to: `--max-length` if the tower can embed it, else min(default, positions).
+
+    A longer explicit value is refused here, before any data is read: the tower would fail at step 0 with an index
+    error deep inside its embedding layer.
+    """
+    positions = text_positions(config)
+    if requested is not None:
+        if positions is not None and requested > positions:
+            raise SystemExit(
+                f"hf-vlp: --max-length {requested} is longer than the text tower's {positions} positions; "
+                f"use --max-length {positions} or less"
+            )
+        return requested
+    default = processor_default or DEFAULT_MAX_LENGTH
+    return min(default, positions) if positions is not None else default

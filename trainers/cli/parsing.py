@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from typing import Any
 import yaml
 
 
-__all__ = ["RECIPES_DIR", "load_recipe", "parse_job_args", "setup_logging"]
+__all__ = ["RECIPES_DIR", "default_num_workers", "load_recipe", "parse_job_args", "setup_logging"]
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 
@@ -40,6 +41,15 @@ def load_recipe(name_or_path: str) -> dict[str, Any]:
     return {key.replace("-", "_"): value for key, value in values.items()}
 
 
+def default_num_workers() -> int:
+    """DataLoader workers for a job: one per CPU the process may use, less one for the training loop, at most 8."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(8, cpus - 1))
+
+
 def parse_job_args(argv: Sequence[str], prog: str, description: str, extra: Sequence[type] = ()) -> tuple:
     """Parse `ModelArguments, DataArguments, VLPTrainingArguments, JobArguments` (+ `extra` dataclasses).
 
@@ -52,6 +62,9 @@ def parse_job_args(argv: Sequence[str], prog: str, description: str, extra: Sequ
 
     classes = (ModelArguments, DataArguments, VLPTrainingArguments, JobArguments, *extra)
     parser = HfArgumentParser(classes, prog=prog, description=description)
+    # Decode images outside the training process by default: in-process decoding made a step ~2x slower than
+    # the same step on ready tensors (benchmarks/bench_quality.py, the workers_0 row).
+    parser.set_defaults(dataloader_num_workers=default_num_workers())
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--recipe")
     known, _ = pre.parse_known_args(argv)

@@ -1,4 +1,5 @@
-"""`hf-vlp push`: publish a saved model or adapter folder to the Hub (a front over `hf_vlp.hub.push_model_folder`)."""
+"""`hf-vlp push`: publish a saved model or adapter folder to the Hub (a front over `hf_vlp.hub.push_model_folder`),
+or with `--space`, the Gradio Space that serves a model (`hf_vlp.space.publish.push_space`)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 
-__all__ = ["push_main"]
+__all__ = ["push_main", "push_space_main"]
 
 
 def push_main(argv: Sequence[str]) -> int:
@@ -17,7 +18,10 @@ def push_main(argv: Sequence[str]) -> int:
     `trust_remote_code`, adapter config), adds the model card when the folder has none, never uploads pickles or
     checkpoints, and never writes into the folder. An expected failure (bad folder, refused or interrupted upload)
     is one line on stderr naming the step, and exit status 1: a user needs the cause, not a traceback.
+    `--space` publishes the Space instead (`push_space_main`).
     """
+    if any(arg == "--space" or arg.startswith("--space=") for arg in argv):
+        return push_space_main(argv)
     parser = argparse.ArgumentParser(
         prog="hf-vlp push",
         description="Publish a folder written by save_pretrained (hf-vlp model + processor, or a PEFT adapter) to the "
@@ -46,6 +50,40 @@ def push_main(argv: Sequence[str]) -> int:
             revision=args.revision,
             commit_message=args.commit_message,
             base_model=args.base_model,
+        )
+    except HubPushError as error:
+        print(f"hf-vlp push: {error}", file=sys.stderr)
+        return 1
+    print(info.commit_url)
+    return 0
+
+
+def push_space_main(argv: Sequence[str]) -> int:
+    """`hf-vlp push --space USER/NAME [--model ID --revision SHA]`: publish the Gradio Space serving a model."""
+    parser = argparse.ArgumentParser(
+        prog="hf-vlp push --space",
+        description="Publish the hf-vlp Gradio Space (the folder shipped in the package) to the Hugging Face Hub, "
+        "set to serve --model at --revision. The token comes from HF_TOKEN or `hf auth login`.",
+    )
+    parser.add_argument("--space", required=True, metavar="USER/NAME", help="the Space repo; created if missing")
+    parser.add_argument("--model", default=None, help="Hub id of the model the Space serves (HF_VLP_MODEL, models:)")
+    parser.add_argument("--revision", default=None, help="the model commit to pin (HF_VLP_REVISION)")
+    parser.add_argument("--folder", default=None, help="a Space folder to publish instead of the packaged one")
+    parser.add_argument("--private", action="store_true", help="create the Space as private (if it does not exist)")
+    parser.add_argument("--commit-message", default="Upload hf-vlp Space")
+    args = parser.parse_args(list(argv))
+
+    from hf_vlp.hub import HubPushError
+    from hf_vlp.space.publish import push_space
+
+    try:
+        info = push_space(
+            args.space,
+            model=args.model,
+            revision=args.revision,
+            folder=args.folder,
+            private=args.private,
+            commit_message=args.commit_message,
         )
     except HubPushError as error:
         print(f"hf-vlp push: {error}", file=sys.stderr)

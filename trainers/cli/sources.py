@@ -218,5 +218,12 @@ def build_eval_sets(data_args: Any) -> tuple[Any, Any]:
         return None, None
     if data_args.max_eval_samples is not None:
         records = records[: data_args.max_eval_samples]
-    zero_shot = build_zero_shot_set(records, label) if label else None
+    zero_shot = None
+    if label:
+        from hf_vlp.zero_shot import resolve_zero_shot_protocol
+
+        class_names, templates = resolve_zero_shot_protocol(
+            data_args.zero_shot_classes, data_args.zero_shot_templates, data_args.zero_shot_preset
+        )
+        zero_shot = build_zero_shot_set(records, label, class_names, templates)
     return build_eval_gallery(records), zero_shot

@@ -35,6 +35,11 @@ class ImageTextCollator:
             augmentation; it runs in the worker, before the processor.
         padding: `"max_length"` (default: fixed shapes, friendly to compilation and to gathering across ranks) or
             `"longest"` (less padding for short captions).
+        train: training mode: each image goes through the image processor's `augment` (hf-vlp's
+            `VLPImageProcessor`: a random resized crop, never a flip by default) before preprocessing. Only for the
+            training loader; evaluation must use a collator with `train=False` (the default).
+        crop_scale: with `train`, the area share range of the random crop (default: the processor's
+            `train_crop_scale`).
 
     Returns a dict with what the processor produced (`input_ids`, `attention_mask`, `token_type_ids` if the
     tokenizer makes them, `pixel_values`) and the side-channel keys of `SIDE_CHANNEL_KEYS`, which the trainer pops:
@@ -57,11 +62,30 @@ class ImageTextCollator:
         max_length: int = 32,
         image_transform: Callable[[Any], Any] | None = None,
         padding: Literal["max_length", "longest"] = "max_length",
+        train: bool = False,
+        crop_scale: tuple[float, float] | None = None,
     ) -> None:
         self.processor = processor
         self.max_length = max_length
         self.image_transform = image_transform
         self.padding = padding
+        self.train = train
+        self.crop_scale = crop_scale
+        self.augment = None
+        if train:
+            image_processor = getattr(processor, "image_processor", processor)
+            self.augment = getattr(image_processor, "augment", None)
+            if self.augment is None:
+                raise TypeError(
+                    f"ImageTextCollator(train=True) needs an image processor with a training mode (`augment`, as "
+                    f"hf-vlp's VLPImageProcessor has); {type(image_processor).__name__} has none: use train=False"
+                )
+
+    def for_training(self, crop_scale: tuple[float, float] | None = None) -> ImageTextCollator:
+        """The same collator in training mode (augmentation on), for the training loader only."""
+        return ImageTextCollator(
+            self.processor, self.max_length, self.image_transform, self.padding, train=True, crop_scale=crop_scale
+        )
 
     def __call__(self, items: Sequence[dict | None]) -> dict[str, Any]:
         kept = [item for item in items if item is not None]
@@ -73,6 +97,8 @@ class ImageTextCollator:
             images = [item["image"] for item in kept]
             if self.image_transform is not None:
                 images = [self.image_transform(image) for image in images]
+            if self.augment is not None:
+                images = [self.augment(image, crop_scale=self.crop_scale) for image in images]
             encoded = self.processor(
                 text=[item["text"] for item in kept],
                 images=images,

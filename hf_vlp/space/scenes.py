@@ -1,10 +1,9 @@
 """The Space's built-in gallery: simple shape scenes with Chinese captions, drawn with PIL in a few milliseconds.
 
-Why it lives here: the Space must depend on `hf_vlp`'s public API only, and the demo data generator of the training
-side (`trainers.data`) is not part of that API (nor installed on a Space that pins `hf-vlp` for inference). When the
-main job's eval folder is present the app shows that instead (same kind of scenes, the distribution the demo model
-was trained on); this fallback only has to give a meaningful gallery with no files at all. It is loaded by file path
-from `app.py` (there is no `spaces` package: Hugging Face Spaces ship their own module of that name).
+Why it lives here: the Space depends on `hf_vlp` only, and the demo data generator of the training side
+(`trainers.data`) is not installed on a Space that pins `hf-vlp` for inference. When the main job's eval folder is
+present the app shows that instead (same kind of scenes, the distribution the demo model was trained on); this
+fallback only has to give a meaningful gallery with no files at all.
 """
 
 from __future__ import annotations
