@@ -178,7 +178,9 @@ def _hf_vlp(args_list: list[str], log: Path, pythonpath: str | None = None) -> N
     with open(log, "w", encoding="utf-8") as handle:
         handle.write(shlex.join(command) + "\n")
         handle.flush()
-        result = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, check=False, env=env)
+        # `python -m` puts the working directory first on sys.path: run from the checkout whose code is meant
+        cwd = Path(pythonpath).resolve() if pythonpath else REPO_ROOT
+        result = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, check=False, env=env, cwd=cwd)
     if result.returncode != 0:
         tail = log.read_text(encoding="utf-8").splitlines()[-15:]
         raise RuntimeError(f"hf-vlp failed ({result.returncode}), log {log}:\n" + "\n".join(tail))
@@ -303,7 +305,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         args.batch, args.width, args.layers, args.image_size = 32, 32, 1, 32
 
     data = build_real_data(deb=args.deb)
-    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="bench_quality-"))
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="bench_quality-")).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     config = model_config(args.width, args.layers, args.image_size, args.max_length)
     config_path = workdir / "config.json"

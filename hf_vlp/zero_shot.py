@@ -38,7 +38,7 @@ __all__ = [
     "zero_shot_preset",
 ]
 
-DEFAULT_TEMPLATE = DEFAULT_ZERO_SHOT_PROMPT  # one spelling, in the shipped model folder
+DEFAULT_TEMPLATE = DEFAULT_ZERO_SHOT_PROMPT
 ZERO_SHOT_PRESETS = ("imagenet-zh",)
 
 

@@ -7,8 +7,9 @@ cross encoder (a `RerankingModel`: `rerank_scores`) re-ranks each query's top-k.
 and turned into Recall@1/5/10 both ways and mean recall with `hf_vlp.retrieval`, identically on every process.
 Embedding selection, concatenation and gathering are the retrieval core's (`hf_vlp.models.retrieval_core`).
 
-Zero-shot classification encodes every class with each prompt template (`hf_vlp.zero_shot.DEFAULT_TEMPLATE` by default, or an ensemble
-from a file or a preset) and scores images against the template ensembles (`hf_vlp.zero_shot`), top-1 / top-5.
+Zero-shot classification encodes every class with each prompt template (`DEFAULT_ZERO_SHOT_PROMPT` by default, or
+an ensemble from a file or a preset) and scores images against the template ensembles (`hf_vlp.zero_shot`), top-1 /
+top-5.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ from hf_vlp.retrieval import (
     retrieval_recall_from_topk,
     zero_shot_accuracy,
 )
-from hf_vlp.zero_shot import DEFAULT_TEMPLATE, class_prompts, template_ensemble_scores
+from hf_vlp.zero_shot import class_prompts, template_ensemble_scores
 from trainers.data import BadSampleError, EvalGallery, decode_image
 
 
@@ -416,7 +417,7 @@ def evaluate_zero_shot(
     dataset: ZeroShotSet,
     processor: Any,
     runtime: EvalRuntime,
-    prompt: str | Sequence[str] = DEFAULT_TEMPLATE,
+    prompt: str | Sequence[str] = DEFAULT_ZERO_SHOT_PROMPT,
 ) -> dict[str, float]:
     """Zero-shot classification accuracy: `top1` (and `top5` with more than 5 classes), in percent.
 

@@ -183,6 +183,11 @@ class VLPPreTrainedModel(PreTrainedModel):
     # Whether `match_score` is already a log-odds (a fusion ITM head) that is a probability uncalibrated.
     match_score_is_log_odds = False
 
+    @property
+    def has_match_probability(self) -> bool:
+        """Whether `match_probability` gives probabilities (calibrated, or a fusion ITM head) instead of raising."""
+        return self.match_score_is_log_odds or getattr(self.config, "match_calibration", None) is not None
+
     @torch.no_grad()
     def match_probability(
         self,
@@ -200,7 +205,7 @@ class VLPPreTrainedModel(PreTrainedModel):
         without calibration raises `ValueError` naming the command.
         """
         calibration = getattr(self.config, "match_calibration", None)
-        if calibration is None and not self.match_score_is_log_odds:
+        if not self.has_match_probability:
             raise ValueError(
                 f"{type(self).__name__} has no match calibration: run `hf-vlp calibrate MODEL --eval-dir DIR` first"
             )

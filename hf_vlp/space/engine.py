@@ -1,8 +1,9 @@
 """The Space's search engine, independent of Gradio: 以文搜图, 以图搜图, 以图搜文 and zero-shot classification.
 
-It uses hf_vlp's public API only (`encode_text`, `encode_image`, `similarity`, `get_logit_scale`, the optional
-`rerank_scores` of fusion models, `hf_vlp.retrieval`), so any hf-vlp model family works, loaded from a local folder
-or from the Hub with its shipped code. A search runs over a `Gallery` (embeddings computed once per content and kept
+It uses hf_vlp's public API only: the model contract of the retrieval core (`hf_vlp.models.retrieval_core`:
+`encode_text`, `encode_image`, `similarity`, `get_logit_scale`, and `rerank_scores` of a `RerankingModel`), its
+embedding operations (`select_embeddings`, `cat_embeddings`) and block-wise top-k, and `hf_vlp.retrieval`, so any
+hf-vlp model family works, loaded from a local folder or from the Hub with its shipped code. A search runs over a `Gallery` (embeddings computed once per content and kept
 in a small LRU cache) or over a built index (`hf_vlp.index.VLPIndex`, see `IndexGallery`); results come back as
 positions and scores, and `result_items` turns them into immutable thumbnail files with captions.
 """
@@ -17,7 +18,15 @@ from typing import Any, Protocol
 import torch
 from PIL import Image
 
-from hf_vlp.retrieval import chunked_topk, rerank_topk
+from hf_vlp.models.retrieval_core import (
+    RerankingModel,
+    blockwise_topk,
+    cat_embeddings,
+    implementation_of,
+    rerank_topk,
+    select_embeddings,
+)
+from hf_vlp.retrieval import chunked_topk
 
 from .galleries import Gallery, ThumbnailStore
 from .inputs import MAX_TOP_K, UserInputError, check_text, fill_template
@@ -58,22 +67,6 @@ class SearchSource(Protocol):
     def thumbnail_key(self, position: int) -> str: ...
 
     def load(self, position: int) -> Image.Image: ...
-
-
-def _tensor_fields(output) -> dict[str, torch.Tensor]:
-    """The tensor fields of a model output (`RetrievalEmbeddings`, or a fusion model's richer encoder output)."""
-    return {name: value for name, value in output.items() if isinstance(value, torch.Tensor)}
-
-
-def _concat_outputs(parts: list):
-    """Concatenate encoder outputs along the batch, in the model's own output class (so remote code works too)."""
-    names = _tensor_fields(parts[0])
-    return type(parts[0])(**{name: torch.cat([_tensor_fields(part)[name] for part in parts]) for name in names})
-
-
-def _take(output, index: torch.Tensor | slice):
-    """Rows `index` of every tensor field of an encoder output."""
-    return type(output)(**{name: value[index] for name, value in _tensor_fields(output).items()})
 
 
 @dataclass
@@ -148,17 +141,14 @@ class VLPSpace:
 
     @property
     def can_rerank(self) -> bool:
-        """Whether the model has a cross encoder re-ranking method (fusion models)."""
-        return callable(getattr(self.model, "rerank_scores", None))
+        """Whether the model has a cross encoder to re-rank with (a `RerankingModel`: fusion models)."""
+        return implementation_of(self.model, RerankingModel) is not None
 
     @property
     def can_match(self) -> bool:
         """Whether the model gives a calibrated match probability (匹配概率): `match_probability` with the
         calibration `hf-vlp calibrate` stores in its config, or a fusion ITM head (a probability as it is)."""
-        if not callable(getattr(self.model, "match_probability", None)):
-            return False
-        calibrated = getattr(self.model.config, "match_calibration", None) is not None
-        return calibrated or bool(getattr(self.model, "match_score_is_log_odds", False))
+        return bool(getattr(self.model, "has_match_probability", False))  # remote code saved before it: False
 
     def match_probabilities(self, images: list[Image.Image], texts: list[str]) -> list[float] | None:
         """`model.match_probability` of each (image, text) pair (a side of one is paired with every item of the
@@ -212,7 +202,7 @@ class VLPSpace:
             for start in range(0, len(images), self.batch_size):
                 pixels = self.processor(images=images[start : start + self.batch_size])["pixel_values"]
                 parts.append(self.model.encode_image(pixel_values=pixels.to(self.device)))
-        return _concat_outputs(parts)
+        return cat_embeddings(parts)
 
     def gallery_index(self, gallery: Gallery) -> GalleryIndex:
         """The gallery's embeddings, from the cache when the same content was encoded before.
@@ -262,7 +252,7 @@ class VLPSpace:
                 f"等 {len(skipped)} 个文件" if len(skipped) > 5 else ""
             )
             raise UserInputError(f"图库里没有可用的图片：{names}不是可识别的图片文件。")
-        return GalleryIndex(_concat_outputs(parts), torch.tensor(positions), skipped)
+        return GalleryIndex(cat_embeddings(parts), torch.tensor(positions), skipped)
 
     # ---------------------------------------------------------------- scoring
     def _text_topk(self, text, gallery, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -270,22 +260,24 @@ class VLPSpace:
         if not self._token_wise:
             scores, rows = chunked_topk(text.embeds.float(), gallery.embeds.float(), k)
             return scores[0], rows[0]
-        scores = []
+
+        def score_block(start: int, stop: int) -> torch.Tensor:  # [1 text, stop - start images]
+            return self.model.similarity(select_embeddings(gallery, slice(start, stop)), text)[1].T.float()
+
         with torch.inference_mode():
-            for start in range(0, gallery.embeds.shape[0], SIMILARITY_CHUNK):
-                block = _take(gallery, slice(start, start + SIMILARITY_CHUNK))
-                scores.append(self.model.similarity(block, text)[1][:, 0].float())
-        values, rows = torch.cat(scores).sort(descending=True, stable=True)
-        return values[:k], rows[:k]
+            scores, rows = blockwise_topk(score_block, gallery.embeds.shape[0], k, SIMILARITY_CHUNK)
+        return scores[0], rows[0]
 
     def _rerank(self, images, texts, scores, rows, query_is_image: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """Re-score one query's top-k `rows` with the model's cross encoder; returns the new `(scores, rows)`."""
+
+        reranker = implementation_of(self.model, RerankingModel)
 
         def pair_scorer(query_index: torch.Tensor, candidate_index: torch.Tensor) -> torch.Tensor:
             image_rows, text_rows = (
                 (query_index, candidate_index) if query_is_image else (candidate_index, query_index)
             )
-            return self.model.rerank_scores(_take(images, image_rows), _take(texts, text_rows))
+            return reranker.rerank_scores(select_embeddings(images, image_rows), select_embeddings(texts, text_rows))
 
         scores, rows = rerank_topk(None, rows[None], scores[None], pair_scorer, combine=RERANK_COMBINE)
         return scores[0], rows[0]

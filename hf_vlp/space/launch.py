@@ -11,6 +11,7 @@ import argparse
 import importlib.util
 import logging
 import os
+import socket
 import sys
 import time
 from collections.abc import Sequence
@@ -67,6 +68,23 @@ def create_space(
     return space
 
 
+def _check_port_free(host: str | None, port: int | None) -> None:
+    """Refuse a taken port before minutes of model loading (Gradio finds out only when it starts serving). Without
+    a port Gradio picks a free one itself (7860 upwards), so there is nothing to check."""
+    port = port or (int(os.environ["GRADIO_SERVER_PORT"]) if os.environ.get("GRADIO_SERVER_PORT") else None)
+    if port is None:
+        return
+    host = host or os.environ.get("GRADIO_SERVER_NAME") or "127.0.0.1"
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server will: TIME_WAIT is not "in use"
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            raise SpaceStartError(
+                f"cannot serve on {host}:{port} ({error.strerror or error}); choose a free one with --port"
+            ) from error
+
+
 def launch_demo(
     model: str | None = None,
     revision: str | None = None,
@@ -85,6 +103,7 @@ def launch_demo(
     """
     from .ui import CONCURRENCY_LIMIT, build_demo
 
+    _check_port_free(host, port)
     demo = build_demo(create_space(model, revision, gallery, index), concurrency_limit or CONCURRENCY_LIMIT)
     try:
         demo.launch(

@@ -3,7 +3,8 @@
 Why it lives here: the Space depends on `hf_vlp` only, and the demo data generator of the training side
 (`trainers.data`) is not installed on a Space that pins `hf-vlp` for inference. When the main job's eval folder is
 present the app shows that instead (same kind of scenes, the distribution the demo model was trained on); this
-fallback only has to give a meaningful gallery with no files at all.
+fallback only has to give a meaningful gallery with no files at all. Its colours and shapes are the demo data set's
+(one table, `hf_vlp.demo_scenes`), so that the demo model knows every word of these captions.
 """
 
 from __future__ import annotations
@@ -13,19 +14,10 @@ import random
 
 from PIL import Image, ImageDraw
 
+from hf_vlp.demo_scenes import DEMO_COLOURS, DEMO_SHAPES
 
-__all__ = ["COLOURS", "SHAPES", "demo_caption", "demo_gallery", "render_scene"]
 
-# Chinese colour name -> RGB: the colours and shapes of the training side's demo data set, so that the model of
-# `hf-vlp pretrain --recipe demo` knows every word of this gallery's captions.
-COLOURS: dict[str, tuple[int, int, int]] = {
-    "红色": (220, 40, 40),
-    "绿色": (40, 170, 60),
-    "蓝色": (40, 80, 225),
-    "黄色": (240, 205, 30),
-    "紫色": (150, 60, 190),
-}
-SHAPES = ("圆形", "正方形", "三角形", "星形")
+__all__ = ["demo_caption", "demo_gallery", "render_scene"]
 
 _BACKGROUND = (245, 245, 240)
 
@@ -47,7 +39,7 @@ def _shape_polygon(shape: str, cx: float, cy: float, r: float) -> list[tuple[flo
             angle = -math.pi / 2 + i * math.pi / 5
             points.append((cx + radius * math.cos(angle), cy + radius * math.sin(angle)))
         return points
-    raise ValueError(f"unknown shape {shape!r}; known: {', '.join(SHAPES)}")
+    raise ValueError(f"unknown shape {shape!r}; known: {', '.join(DEMO_SHAPES)}")
 
 
 def render_scene(colour: str, shape: str, size: int = 128, rng: random.Random | None = None) -> Image.Image:
@@ -61,7 +53,7 @@ def render_scene(colour: str, shape: str, size: int = 128, rng: random.Random | 
         slack = size / 2 - radius - 2
         cx += rng.uniform(-slack, slack)
         cy += rng.uniform(-slack, slack)
-    fill = COLOURS[colour]
+    fill = DEMO_COLOURS[colour]
     if shape == "圆形":
         draw.ellipse((cx - radius, cy - radius, cx + radius, cy + radius), fill=fill)
     else:
@@ -79,8 +71,8 @@ def demo_gallery(
     rng = random.Random(seed)
     items = []
     for variant in range(variants):
-        for colour in colours or list(COLOURS):
-            for shape in SHAPES:
+        for colour in colours or list(DEMO_COLOURS):
+            for shape in DEMO_SHAPES:
                 image = render_scene(colour, shape, size, rng if variant else None)
                 items.append((image, demo_caption(colour, shape)))
     return items

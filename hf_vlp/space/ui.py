@@ -13,6 +13,8 @@ from pathlib import Path
 
 import gradio as gr
 
+from hf_vlp import DEFAULT_ZERO_SHOT_PROMPT
+
 from . import scenes
 from .engine import RERANK_TOP_K, SearchResult, VLPSpace
 from .galleries import ThumbnailStore, upload_gallery
@@ -27,11 +29,10 @@ from .inputs import (
 )
 
 
-__all__ = ["CONCURRENCY_LIMIT", "DEFAULT_LABELS", "DEFAULT_TEMPLATE", "DEFAULT_TOP_K", "SpaceHandlers", "build_demo"]
+__all__ = ["CONCURRENCY_LIMIT", "DEFAULT_LABELS", "DEFAULT_TOP_K", "SpaceHandlers", "build_demo"]
 
 logger = logging.getLogger("hf_vlp.space")
 
-DEFAULT_TEMPLATE = "一张{}的照片。"
 DEFAULT_LABELS = "圆形，正方形，三角形，星形"
 DEFAULT_TOP_K = 8
 CONCURRENCY_LIMIT = 2  # requests run at once on the model; the rest wait in Gradio's queue
@@ -128,7 +129,7 @@ class SpaceHandlers:
         """零样本分类: (label probabilities, status markdown)."""
         try:
             image = require_image(image_path)
-            template = template or DEFAULT_TEMPLATE
+            template = template or DEFAULT_ZERO_SHOT_PROMPT
             probs = self.space.classify(image, parse_labels(labels_text), template)
             best = max(probs, key=probs.get)
             match = self.space.match_probabilities([image], [fill_template(template, best)])
@@ -275,7 +276,7 @@ def build_demo(space: VLPSpace, concurrency_limit: int = CONCURRENCY_LIMIT) -> g
                     zs_image = _query_image("zs-image")
                     labels = gr.Textbox(label="类别（用逗号分隔）", value=DEFAULT_LABELS, elem_id="zs-labels")
                     template = gr.Textbox(
-                        label="提示模板（{} 处填入类别）", value=DEFAULT_TEMPLATE, elem_id="zs-template"
+                        label="提示模板（{} 处填入类别）", value=DEFAULT_ZERO_SHOT_PROMPT, elem_id="zs-template"
                     )
                     classify_button = gr.Button("分类", variant="primary", elem_id="zs-submit")
                     gr.Examples(

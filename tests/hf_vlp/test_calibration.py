@@ -59,9 +59,11 @@ def test_dual_encoder_match_probability_needs_calibration_then_applies_it(tmp_pa
     model = small_model(seed=3).eval()
     images = [Image.new("RGB", (32, 32), (200, 20, 20))]
     inputs = small_processor(text=["红色的圆形", "蓝色的方块", "绿色的树"], images=images)
+    assert not model.has_match_probability
     with pytest.raises(ValueError, match="hf-vlp calibrate"):
         model.match_probability(**inputs)
     model.config.match_calibration = {"scale": 12.0, "bias": -3.0}
+    assert model.has_match_probability
     probabilities = model.match_probability(**inputs)
     with torch.no_grad():
         cosine = model(**inputs).logits_per_image[0] / model.get_logit_scale()
@@ -74,6 +76,7 @@ def test_dual_encoder_match_probability_needs_calibration_then_applies_it(tmp_pa
 def test_fusion_match_probability_is_its_itm_probability_until_calibrated():
     model = model_for(cls=FusionEncoderForRetrieval, seed=2).eval()
     inputs = batch(size=3)
+    assert model.has_match_probability
     with torch.no_grad():
         itm = model.itm_score(**inputs)
     torch.testing.assert_close(model.match_probability(**inputs), torch.sigmoid(itm))

@@ -25,6 +25,9 @@ from hf_vlp.convert import (
 from tests.hf_vlp.cn_clip_reference import import_cn_clip
 
 
+# Every test here compares with (or reads files of) the reference package; the parametrisations list its configs.
+pytest.importorskip("cn_clip", reason="cn-clip is not installed (pip install --no-deps cn-clip==1.6.0)")
+
 BASE_TEXT = "RoBERTa-wwm-ext-base-chinese"
 
 

@@ -124,8 +124,12 @@ def test_token_wise_model_search_uses_its_similarity():
     processor = hf_vlp.processor_for_preset("tiny-filip")
     space = VLPSpace(model, processor, builtin_gallery(), batch_size=7)  # several batches to concatenate
     result = space.search("一个蓝色的三角形", space.gallery, k=4)
-    expected = _reference_scores(model, processor, ["一个蓝色的三角形"], list(space.gallery.images))[:, 0]
+    with torch.no_grad():  # a text query ranks images by the text-to-image direction (FILIP's, as evaluation does)
+        text = model.encode_text(**processor(text=["一个蓝色的三角形"]))
+        images = model.encode_image(pixel_values=processor(images=list(space.gallery.images))["pixel_values"])
+        expected = model.similarity(images, text)[1][:, 0]
     assert [p for p, _ in result.ranked] == expected.argsort(descending=True, stable=True)[:4].tolist()
+    torch.testing.assert_close(torch.tensor([s for _, s in result.ranked]), expected.sort(descending=True)[0][:4])
 
 
 def test_rank_captions_and_classify_follow_the_scaled_similarity(make_space, untrained):
@@ -432,3 +436,15 @@ def test_trained_model_finds_every_scene(trained_space):
     labels = ["红色的圆形", "绿色的正方形", "蓝色的三角形", "黄色的星形"]
     probs = trained_space.classify(gallery.images[10], labels, "一个{}")  # images[10]: 一个蓝色的三角形
     assert max(probs, key=probs.get) == "蓝色的三角形"
+
+
+def test_the_engine_never_imports_gradio():
+    """Gradio is the optional `[space]` extra: the engine, the launcher's parsing and publishing work without it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, hf_vlp.space, hf_vlp.space.engine, hf_vlp.space.indexed, hf_vlp.space.launch, "
+        "hf_vlp.space.publish; assert 'gradio' not in sys.modules, 'gradio imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

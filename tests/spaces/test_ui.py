@@ -156,3 +156,27 @@ def test_match_probability_shown_when_the_model_is_calibrated(tmp_path):
     assert "匹配概率" in status
     ranking = [b for b in ui.build_demo(space).blocks.values() if isinstance(b, gr.Dataframe)][0]
     assert ranking.headers[-1] == "匹配概率"
+
+
+def test_demo_on_a_port_in_use_says_so_in_one_line(untrained_model_dir, capsys):
+    import socket
+
+    from hf_vlp.space import launch
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        argv = [
+            "--model",
+            str(untrained_model_dir),
+            "--gallery",
+            "builtin",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ]
+        assert launch.main(argv, prog="hf-vlp demo") == 1
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith(f"hf-vlp demo: cannot serve on 127.0.0.1:{port}") and "--port" in last

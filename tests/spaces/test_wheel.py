@@ -48,6 +48,9 @@ def _source_copy(target: Path) -> Path:
 
 @pytest.mark.slow
 def test_demo_runs_from_an_installed_wheel(tmp_path, untrained_model_dir):
+    pytest.importorskip(
+        "ensurepip", reason="this Python has no ensurepip to give a venv its pip (Debian: python3-venv)"
+    )
     source = _source_copy(tmp_path / "src")
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), "."],

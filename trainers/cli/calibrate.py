@@ -67,4 +67,11 @@ def calibrate_main(argv: Sequence[str]) -> int:
         f"error on {report['num_held_out_pairs']} held-out pairs {report['ece_before']:.3f} -> {report['ece_after']:.3f}"
         f" (written to {target / 'config.json'})"
     )
+    if report["scale"] <= 0:
+        print(
+            "hf-vlp calibrate: warning: the fitted scale is not positive — on these pairs the model scores "
+            "non-matching captions at least as high as matching ones, so the probability does not grow with "
+            "similarity; train or fine-tune the model further before thresholding it",
+            file=sys.stderr,
+        )
     return 0
