@@ -28,6 +28,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from transformers.utils import ModelOutput
 
+from hf_vlp.models.processing_vlp import DEFAULT_ZERO_SHOT_PROMPT
 from hf_vlp.models.retrieval_core import (
     RerankingModel,
     blockwise_topk,
