@@ -96,7 +96,7 @@ def fusion_config(dual: dict[str, Any]) -> dict[str, Any]:
     """An ALBEF-style fusion encoder on the same towers (2 fusion layers): the `fusion_rerank` row and DiDE teacher."""
     return {
         "model_type": "hf_vlp_fusion_encoder",
-        "embed_dim": dual["projection_dim"],
+        "projection_dim": dual["projection_dim"],
         "num_fusion_layers": 2,
         "text_config": dual["text_config"],
         "vision_config": dual["vision_config"],

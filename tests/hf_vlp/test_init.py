@@ -47,7 +47,7 @@ def test_dual_encoder_projections_follow_clip_init(vision):
 def test_fusion_encoder_projections_follow_clip_init_and_momentum_copies_match():
     torch.manual_seed(0)
     config = FusionEncoderConfig(
-        text_config=dict(WIDE_TEXT), vision_config=dict(WIDE_VISION), embed_dim=48, num_fusion_layers=1
+        text_config=dict(WIDE_TEXT), vision_config=dict(WIDE_VISION), projection_dim=48, num_fusion_layers=1
     )
     model = FusionEncoderForPreTraining(config)
     _assert_clip_projection(model.text_projection)
