@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
 
 __all__ = ["build_model_and_processor"]
+
+from .checks import check_model_path
+from .errors import RUNTIME, USAGE, UserError, check_max_length
+
 
 logger = logging.getLogger(__name__)
 
@@ -18,7 +23,7 @@ def _config_overrides(model_args: Any) -> dict[str, Any]:
         return {}
     overrides = json.loads(model_args.config_overrides)
     if not isinstance(overrides, dict):
-        raise SystemExit("hf-vlp: --config-overrides must be a JSON object")
+        raise UserError("--config-overrides must be a JSON object", USAGE)
     return overrides
 
 
@@ -43,6 +48,24 @@ def _processor_for_config(
             if getattr(tower_processor, key, None) is not None:
                 kwargs[key] = list(getattr(tower_processor, key))
     return VLPProcessor(VLPImageProcessor(**kwargs), tokenizer, max_length=max_length or 52)
+
+
+def _load_model_config(model: str, remote: dict[str, Any], overrides: dict[str, Any]) -> Any:
+    """The config of `--model`: a folder, or a Hub id. A value that looks like a path is never looked up on the Hub,
+    and a Hub id that cannot be loaded is one line naming both readings."""
+    from transformers import AutoConfig
+
+    check_model_path(model)
+    local = os.path.expanduser(model)
+    try:
+        return AutoConfig.from_pretrained(local if os.path.isdir(local) else model, **remote, **overrides)
+    except OSError as error:
+        if os.path.isdir(local):
+            raise
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise UserError(
+            f"--model {model}: not a local folder, and not loadable as a Hub id: {reason}", RUNTIME
+        ) from error
 
 
 def _model_class(config: Any, pretraining: bool) -> Any:
@@ -74,7 +97,7 @@ def build_model_and_processor(model_args: Any, pretraining: bool = False) -> tup
     if model_args.model:
         logger.info("Loading model %s", model_args.model)
         remote = {"trust_remote_code": model_args.trust_remote_code, **hub}
-        config = AutoConfig.from_pretrained(model_args.model, **remote, **overrides)
+        config = _load_model_config(model_args.model, remote, overrides)
         model = _model_class(config, pretraining).from_pretrained(model_args.model, config=config, **remote)
         if model_args.tokenizer:
             processor = _processor_for_config(model.config, load_tokenizer(model_args.tokenizer, **hub), None)
@@ -93,7 +116,7 @@ def build_model_and_processor(model_args: Any, pretraining: bool = False) -> tup
         processor = _processor_for_config(config, tokenizer, None)
     elif model_args.text_model or model_args.vision_model:
         if not (model_args.text_model and model_args.vision_model):
-            raise SystemExit("hf-vlp: --text-model and --vision-model go together")
+            raise UserError("--text-model and --vision-model go together", USAGE)
         model = DualEncoderModel.from_vision_text_pretrained(
             model_args.vision_model, model_args.text_model, hub_kwargs=hub, **overrides
         )
@@ -104,9 +127,8 @@ def build_model_and_processor(model_args: Any, pretraining: bool = False) -> tup
         model = _model_class(config, pretraining).from_config(config)
         processor = processor_for_preset(model_args.preset, tokenizer=model_args.tokenizer)
     else:
-        raise SystemExit(
-            "hf-vlp: choose a model with --preset, --model-config, --model, or --text-model/--vision-model"
-        )
+        raise UserError("choose a model with --preset, --model-config, --model, or --text-model/--vision-model", USAGE)
+    check_max_length(model.config, model_args.max_length)
     if model_args.max_length:
         processor.max_length = model_args.max_length
     return model, processor

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .checks import check_job_args
+from .errors import USAGE, UserError
 from .parsing import parse_job_args, setup_logging
 from .sources import build_eval_sets, build_train_dataset
 
@@ -27,6 +29,7 @@ def prepare_job(argv: Sequence[str], prog: str, description: str, extra: Sequenc
     """Parse a job's arguments (see `parse_job_args`), set up logging and the CPU thread count."""
     parsed = parse_job_args(argv, prog, description, extra=extra)
     training_args, job_args = parsed[2], parsed[3]
+    check_job_args(*parsed[:3])
     setup_logging(training_args)
     if job_args.torch_threads:
         import torch
@@ -46,7 +49,7 @@ def build_trainer(
 
     train_dataset = build_train_dataset(data_args, seed=training_args.seed)
     if train_dataset is None:
-        raise SystemExit(f"{prog}: no training data (--train-dir, --train-file, --dataset, --train-shards or --demo)")
+        raise UserError("no training data (--train-dir, --train-file, --dataset, --train-shards or --demo)", USAGE)
     gallery, zero_shot = build_eval_sets(data_args)
     trainer = VLPTrainer(
         model=model,

@@ -18,6 +18,8 @@ from typing import Any
 
 import yaml
 
+from .errors import USAGE, UserError, closest_names
+
 
 __all__ = ["RECIPES_DIR", "load_recipe", "parse_job_args", "setup_logging"]
 
@@ -32,11 +34,12 @@ def load_recipe(name_or_path: str) -> dict[str, Any]:
         path = next((candidate for candidate in candidates if candidate.is_file()), None)
         if path is None:
             available = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml") if not p.stem.startswith("accelerate_"))
-            raise SystemExit(f"hf-vlp: no recipe {name_or_path!r}; built-in recipes: {', '.join(available)}")
+            hint = closest_names(name_or_path, available) or f"built-in recipes: {', '.join(available)}"
+            raise UserError(f"no recipe {name_or_path!r} (neither a file nor a built-in recipe); {hint}", USAGE)
     with open(path, encoding="utf-8") as handle:
         values = json.load(handle) if path.suffix == ".json" else yaml.safe_load(handle)
     if not isinstance(values, dict):
-        raise SystemExit(f"hf-vlp: recipe {path} must hold a mapping of argument names to values")
+        raise UserError(f"recipe {path} must hold a mapping of argument names to values", USAGE)
     return {key.replace("-", "_"): value for key, value in values.items()}
 
 
@@ -60,7 +63,7 @@ def parse_job_args(argv: Sequence[str], prog: str, description: str, extra: Sequ
         fields = {field.name for cls in classes for field in dataclasses.fields(cls) if field.init}
         unknown = sorted(set(recipe) - fields)
         if unknown:
-            raise SystemExit(f"hf-vlp: unknown keys in recipe {known.recipe!r}: {', '.join(unknown)}")
+            raise UserError(f"unknown keys in recipe {known.recipe!r}: {', '.join(unknown)}", USAGE)
         parser.set_defaults(
             **{
                 key: json.dumps(value) if key == "config_overrides" and isinstance(value, dict) else value
