@@ -8,13 +8,10 @@ For each gallery size it measures, in the same run and on the same data:
 and prints wall and CPU time (best of ``--rounds`` x ``--repeats`` calls, the two methods alternating round by
 round), the ratios, the peak *extra* memory of each (beyond the inputs) and whether the returned indices are equal.
 
-Memory is measured honestly per method: every (size, method) measurement runs in a fresh subprocess that
-builds the inputs, runs a small warm-up, then resets the kernel's peak-RSS counter (``/proc/self/clear_refs``
-``5``, Linux) and reports ``VmHWM - VmRSS`` (peak resident memory during the timed calls minus the resident
-memory before them). ``tracemalloc`` cannot see torch allocations, which is why this is done at the process
-level. Where ``clear_refs`` is unavailable it falls back to ``ru_maxrss`` deltas (an underestimate when the
-input construction peaked higher). On CUDA it uses ``torch.cuda.max_memory_allocated`` minus the allocated
-bytes before the call. The analytic extra bytes (the score buffer of each method) are reported next to it.
+Memory is measured per method in a fresh subprocess (`benchmarks.common.run_worker`) that builds the inputs, runs
+a small warm-up, then measures the peak *extra* memory of the timed calls with `benchmarks.common.PeakMemory`
+(peak RSS above the post-setup RSS on CPU, the CUDA allocator's peak on GPU). The analytic extra bytes (the score
+buffer of each method) are reported next to it.
 
 The reference is skipped (and reported as skipped) when its ``[Q, N]`` matrix would exceed
 ``--max-reference-bytes``.
@@ -27,54 +24,34 @@ The reference is skipped (and reported as skipped) when its ``[Q, N]`` matrix wo
 from __future__ import annotations
 
 import argparse
-import contextlib
-import datetime
-import importlib.util
 import json
 import os
-import platform
-import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_OUTPUT = REPO_ROOT / "benchmarks" / "results" / "search.json"
+if __package__ in (None, ""):  # run as a file: make `benchmarks.common` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import (  # noqa: E402
+    BENCH_DATE,
+    REPO_ROOT,
+    RESULTS_DIR,
+    PeakMemory,
+    fmt_bytes,
+    machine_info,
+    run_worker,
+    sync,
+    write_report,
+)
+
+
+DEFAULT_OUTPUT = RESULTS_DIR / "search.json"
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}
 
 
 # ---------------------------------------------------------------------------------------------------- worker
-
-
-def _load_retrieval():
-    """Load ``hf_vlp/retrieval.py`` by path: it needs only torch, and skipping the package ``__init__`` (which
-    imports transformers) keeps every measurement subprocess start-up short and its baseline memory small."""
-    spec = importlib.util.spec_from_file_location("hf_vlp_retrieval", REPO_ROOT / "hf_vlp" / "retrieval.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _status_kib(field: str) -> int | None:
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def _reset_peak_rss() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        return True
-    except OSError:
-        return False
 
 
 def _make_data(num_gallery: int, num_queries: int, dim: int, dtype, device: str, seed: int):
@@ -102,7 +79,8 @@ def _make_data(num_gallery: int, num_queries: int, dim: int, dtype, device: str,
 def _worker(spec: dict) -> dict:
     import torch
 
-    chunked_topk = _load_retrieval().chunked_topk
+    from hf_vlp.retrieval import chunked_topk
+
     if spec["threads"]:
         torch.set_num_threads(spec["threads"])
     dtype = getattr(torch, spec["dtype"])
@@ -116,61 +94,36 @@ def _worker(spec: dict) -> dict:
         scores, indices = torch.topk(q @ g.T, min(k, g.shape[0]), dim=1)
         return scores, indices
 
-    def sync():
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-
     with torch.no_grad():
         run(queries[:16], gallery[: min(4096, gallery.shape[0])])  # warm-up: thread pool, kernels
-        sync()
-        if device.startswith("cuda"):
-            torch.cuda.reset_peak_memory_stats()
-            base = torch.cuda.memory_allocated()
-            memory_method = "torch.cuda.max_memory_allocated - memory_allocated before"
-        elif _reset_peak_rss():
-            base = (_status_kib("VmRSS") or 0) * 1024
-            memory_method = "VmHWM - VmRSS before (peak RSS reset via /proc/self/clear_refs)"
-        else:
-            base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-            memory_method = "ru_maxrss delta (may underestimate)"
+        sync(device)
+        memory = PeakMemory(device)
+        memory.start()
         times, cpu_times = [], []
         for _ in range(spec["repeats"]):
-            sync()
+            sync(device)
             start, cpu_start = time.perf_counter(), time.process_time()
             scores, indices = run(queries, gallery)
-            sync()
+            sync(device)
             times.append(time.perf_counter() - start)
             cpu_times.append(time.process_time() - cpu_start)
             del scores
             if len(times) < spec["repeats"]:
                 del indices
-        if device.startswith("cuda"):
-            peak = torch.cuda.max_memory_allocated() - base
-        elif memory_method.startswith("VmHWM"):
-            peak = (_status_kib("VmHWM") or 0) * 1024 - base
-        else:
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+        peak = memory.peak_bytes()
         # scores of the returned indices, recomputed exactly the same way for both methods (fp-noise-free check)
         picked = torch.einsum("qd,qkd->qk", queries.double(), gallery[indices].double())
     return {
         "times_s": times,
         "cpu_times_s": cpu_times,
-        "peak_extra_bytes": max(int(peak), 0),
-        "memory_method": memory_method,
+        "peak_extra_bytes": peak,
+        "memory_method": memory.method,
         "indices": indices.cpu().tolist(),
         "picked_scores": picked.cpu().tolist(),
     }
 
 
 # ---------------------------------------------------------------------------------------------------- driver
-
-
-def _measure(spec: dict, timeout: float) -> dict:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--_worker", json.dumps(spec)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT)
-    if proc.returncode != 0:
-        raise RuntimeError(f"worker failed ({spec['method']}, N={spec['size']}):\n{proc.stderr[-4000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def _merge_runs(runs: list[dict]) -> dict:
@@ -183,47 +136,6 @@ def _merge_runs(runs: list[dict]) -> dict:
         "indices": runs[-1]["indices"],
         "picked_scores": runs[-1]["picked_scores"],
     }
-
-
-def _fmt_bytes(n: float | None) -> str:
-    if n is None:
-        return "-"
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GiB"
-
-
-def _machine(device: str) -> dict:
-    import torch
-
-    cpu = platform.processor() or "unknown"
-    try:
-        with open("/proc/cpuinfo") as fh:
-            cpu = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    info = {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "device": device,
-    }
-    with contextlib.suppress(ValueError, OSError):
-        info["memory_gib"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
-    if device.startswith("cuda") and torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
-
-
-def report_threads_default() -> int:
-    import torch
-
-    return torch.get_num_threads()
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -255,7 +167,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     import inspect
 
-    defaults = inspect.signature(_load_retrieval().chunked_topk).parameters
+    from hf_vlp.retrieval import chunked_topk
+
+    defaults = inspect.signature(chunked_topk).parameters
     chunk_size = args.chunk_size or defaults["chunk_size"].default
     query_chunk_size = args.query_chunk_size or defaults["query_chunk_size"].default
     if args.smoke:
@@ -277,7 +191,6 @@ def main(argv: list[str] | None = None) -> dict:
         f"chunk_size={chunk_size} query_chunk_size={query_chunk_size} repeats={args.repeats} rounds={args.rounds}"
     )
     print(header)
-    load_start = list(os.getloadavg())
     for size in sizes:
         spec = {
             "size": size,
@@ -297,9 +210,9 @@ def main(argv: list[str] | None = None) -> dict:
         # Alternate the two methods round by round so that load changes on a shared machine hit both alike.
         runs: dict[str, list[dict]] = {"ours": [], "reference": []}
         for _ in range(args.rounds):
-            runs["ours"].append(_measure({**spec, "method": "ours"}, args.timeout))
+            runs["ours"].append(run_worker(__file__, {**spec, "method": "ours"}, args.timeout))
             if run_reference:
-                runs["reference"].append(_measure({**spec, "method": "reference"}, args.timeout))
+                runs["reference"].append(run_worker(__file__, {**spec, "method": "reference"}, args.timeout))
         ours = _merge_runs(runs["ours"])
         ours_analytic = min(query_chunk_size, args.queries) * min(chunk_size, size) * itemsize
         row = {
@@ -314,8 +227,8 @@ def main(argv: list[str] | None = None) -> dict:
         }
         if not run_reference:
             row["reference_skipped"] = (
-                f"[{args.queries}, {size}] score matrix = {_fmt_bytes(ref_bytes)} > --max-reference-bytes "
-                f"{_fmt_bytes(args.max_reference_bytes)}"
+                f"[{args.queries}, {size}] score matrix = {fmt_bytes(ref_bytes)} > --max-reference-bytes "
+                f"{fmt_bytes(args.max_reference_bytes)}"
             )
             print(f"  reference skipped for N={size}: {row['reference_skipped']}")
         else:
@@ -347,14 +260,14 @@ def main(argv: list[str] | None = None) -> dict:
         print(
             f"{size:>9} {row['ours_time_s']:>8.3f} {ref_time:>8} {ratio:>8} "
             f"{row['ours_cpu_time_s']:>8.2f} {ref_cpu:>8} {cpu_ratio:>8} "
-            f"{_fmt_bytes(row['ours_peak_extra_bytes']):>15} {_fmt_bytes(row.get('reference_peak_extra_bytes')):>14} "
-            f"{_fmt_bytes(ours_analytic):>14} {_fmt_bytes(ref_bytes):>13} {check:>9}",
+            f"{fmt_bytes(row['ours_peak_extra_bytes']):>15} {fmt_bytes(row.get('reference_peak_extra_bytes')):>14} "
+            f"{fmt_bytes(ours_analytic):>14} {fmt_bytes(ref_bytes):>13} {check:>9}",
             flush=True,
         )
     report = {
         "benchmark": "chunked_topk vs full matrix + topk",
-        "date": datetime.date.today().isoformat(),
-        "machine": {**_machine(args.device), "loadavg_start": load_start, "loadavg_end": list(os.getloadavg())},
+        "date": BENCH_DATE,
+        "machine": {**machine_info(args.device), "load_average_at_end": list(os.getloadavg())},
         "config": {
             "queries": args.queries,
             "dim": args.dim,
@@ -364,16 +277,13 @@ def main(argv: list[str] | None = None) -> dict:
             "query_chunk_size": query_chunk_size,
             "repeats": args.repeats,
             "rounds": args.rounds,
-            "worker_threads": args.threads or report_threads_default(),
+            "worker_threads": args.threads or "torch default",
             "smoke": args.smoke,
             "max_reference_bytes": args.max_reference_bytes,
         },
         "results": results,
     }
-    output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {output}")
+    write_report(args.output, report)
     return report
 
 

@@ -128,7 +128,7 @@ def build_fusion_model(size: str, seed: int):
         SIZES[size]["fusion_preset"],
         text_config={"model_type": "bert", **text},
         vision_config={"model_type": "clip_vision_model", **vision},
-        embed_dim=projection_dim,
+        projection_dim=projection_dim,
     )
     torch.manual_seed(seed)
     return FusionEncoderForPreTraining(config)

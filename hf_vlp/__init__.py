@@ -10,6 +10,8 @@ from .factory import config_for_preset, create_model, load_tokenizer, processor_
 from .hub import HubPushError, push_model_folder
 from .model_card import render_model_card, write_model_card
 from .models import (
+    DEFAULT_MAX_LENGTH,
+    DEFAULT_ZERO_SHOT_PROMPT,
     DualEncoderConfig,
     DualEncoderModel,
     DualEncoderOutput,
@@ -34,6 +36,8 @@ from .tokenization import build_chinese_tokenizer
 __version__ = "0.1.0"
 
 __all__ = [
+    "DEFAULT_MAX_LENGTH",
+    "DEFAULT_ZERO_SHOT_PROMPT",
     "DualEncoderConfig",
     "DualEncoderModel",
     "DualEncoderOutput",

@@ -27,6 +27,8 @@ import jinja2
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from torch import nn
 
+from .models.processing_vlp import DEFAULT_ZERO_SHOT_PROMPT
+
 
 __all__ = [
     "CITATIONS",
@@ -532,7 +534,11 @@ def render_model_card(
             config=config,
         )
         template = FAMILY_TEMPLATES[config["model_type"]]
-    content = _environment().get_template(template).render(card_data=card_data.to_yaml(), **context)
+    content = (
+        _environment()
+        .get_template(template)
+        .render(card_data=card_data.to_yaml(), zero_shot_prompt=DEFAULT_ZERO_SHOT_PROMPT, **context)
+    )
     return ModelCard(content)
 
 

@@ -6,8 +6,9 @@ serves every model family in the package: a dual encoder only needs :func:`chunk
 re-ranking of the contrastive top-k with :func:`rerank_topk` and reports the usual ALBEF ``itm_eval``
 numbers with :func:`dense_from_topk` + :func:`retrieval_recall`.
 
-Only ``torch`` is imported (never ``trainers``), so the module can be used at inference time and from the
-training side alike.
+Only ``torch`` and the retrieval core (``hf_vlp.models.retrieval_core``, shipped with every model: block-wise
+top-k, re-ranking, score combining, the variable-length gather, re-exported here) are imported, never
+``trainers``, so the module can be used at inference time and from the training side alike.
 
 Conventions shared by every function:
 
@@ -26,65 +27,32 @@ Conventions shared by every function:
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable, Sequence
-from typing import Literal
+from collections.abc import Sequence
 
 import torch
 import torch.distributed as dist
 
+from .models.retrieval_core import blockwise_topk, combine_scores, gather_varlen, parse_combine, rerank_topk
+
 
 __all__ = [
+    "blockwise_topk",
     "chunked_topk",
+    "combine_scores",
     "dense_from_topk",
     "gather_for_eval",
+    "gather_varlen",
+    "parse_combine",
     "rerank_topk",
     "retrieval_recall",
     "retrieval_recall_from_topk",
     "zero_shot_accuracy",
 ]
 
-CombineMode = Literal["cross", "sum"] | float
-
 
 # ----------------------------------------------------------------------------------------------------------
 # Search
 # ----------------------------------------------------------------------------------------------------------
-
-
-def _order_by_score_then_index(vals: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Re-order each row of ``(vals, idx)`` by ``(vals descending, idx ascending)`` (two stable sorts)."""
-    idx, perm = idx.sort(dim=1, stable=True)
-    vals = vals.gather(1, perm)
-    vals, perm = vals.sort(dim=1, descending=True, stable=True)
-    return vals, idx.gather(1, perm)
-
-
-def _block_topk(sims: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-``k`` of each row of ``sims`` [q, n] with the documented tie order; returns (values, column indices).
-
-    ``torch.topk`` leaves the choice among tied values unspecified. We ask it for ``k + 1`` values: a tie
-    straddles the k-th place exactly when the (k+1)-th value equals the k-th one. Only those (rare) rows are
-    redone so that the *lowest* tied column indices are kept; the kept entries are then ordered by
-    (score desc, index asc). The extra cost on tie-free data is one more element per row of ``topk``.
-    """
-    n = sims.shape[1]
-    if k >= n:
-        return sims.sort(dim=1, descending=True, stable=True)
-    vals, idx = sims.topk(k + 1, dim=1, largest=True, sorted=True)
-    straddle = vals[:, k] == vals[:, k - 1]
-    vals, idx = vals[:, :k], idx[:, :k]
-    if bool(straddle.any()):
-        rows = straddle.nonzero().squeeze(1)
-        sub = sims.index_select(0, rows)
-        thr = vals.index_select(0, rows)[:, k - 1 : k]
-        pos = torch.arange(n, device=sims.device).expand_as(sub)
-        # key: -1 for values above the threshold (always kept), the column for ties, n (never kept) otherwise;
-        # the k smallest keys are all the values above the threshold plus the lowest-index ties.
-        key = torch.where(sub > thr, -1, torch.where(sub == thr, pos, n))
-        sub_idx = key.topk(k, dim=1, largest=False).indices
-        idx = idx.index_copy(0, rows, sub_idx)
-        vals = vals.index_copy(0, rows, sub.gather(1, sub_idx))
-    return _order_by_score_then_index(vals, idx)
 
 
 def chunked_topk(
@@ -154,115 +122,20 @@ def chunked_topk(
     with torch.no_grad():
         for q_start in range(0, num_queries, query_chunk_size):
             q_block = queries[q_start : q_start + query_chunk_size]
-            best_vals: torch.Tensor | None = None
-            best_idx: torch.Tensor | None = None
-            for g_start in range(0, num_gallery, chunk_size):
-                g_block = gallery[g_start : g_start + chunk_size]
-                sims = buffer[: q_block.shape[0] * g_block.shape[0]].view(q_block.shape[0], g_block.shape[0])
-                torch.mm(q_block, g_block.T, out=sims)
-                vals, idx = _block_topk(sims, min(k, g_block.shape[0]))
-                vals = vals.to(merge_dtype)
-                idx = idx + g_start
-                if best_vals is None or best_idx is None:
-                    best_vals, best_idx = vals, idx
-                    continue
-                # Running candidates come first and all have lower gallery indices than this block's, and both
-                # halves are already in (score desc, index asc) order, so one stable sort keeps the tie order.
-                cat_vals = torch.cat([best_vals, vals], dim=1)
-                cat_idx = torch.cat([best_idx, idx], dim=1)
-                cat_vals, perm = cat_vals.sort(dim=1, descending=True, stable=True)
-                best_vals = cat_vals[:, :k]
-                best_idx = cat_idx.gather(1, perm[:, :k])
-            assert best_vals is not None and best_idx is not None
+
+            def scores(start: int, stop: int, q_block: torch.Tensor = q_block) -> torch.Tensor:
+                sims = buffer[: q_block.shape[0] * (stop - start)].view(q_block.shape[0], stop - start)
+                return torch.mm(q_block, gallery[start:stop].T, out=sims)
+
+            best_vals, best_idx = blockwise_topk(scores, num_gallery, k, chunk_size)
             out_scores[q_start : q_start + q_block.shape[0]] = best_vals
             out_indices[q_start : q_start + q_block.shape[0]] = best_idx
     return out_scores, out_indices
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Two-stage re-ranking
+# Two-stage re-ranking (`rerank_topk`, `combine_scores`: in the retrieval core, re-exported here)
 # ----------------------------------------------------------------------------------------------------------
-
-
-def rerank_topk(
-    query_indices: torch.Tensor | None,
-    candidate_indices: torch.Tensor,
-    candidate_scores: torch.Tensor,
-    pair_scorer: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    combine: CombineMode = "cross",
-    batch_size: int = 256,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Re-score each query's contrastive top-k with a pair scorer (e.g. a cross encoder's ITM logit) and re-sort.
-
-    Why: fusion models (ALBEF, BLIP, R2D2) rank the whole gallery with the cheap contrastive similarity, then
-    run the expensive cross encoder only on the ``k`` best candidates per query. This helper does the batching
-    and the score combination and knows nothing about the model: ``pair_scorer(q_idx, c_idx)`` receives two
-    1-D int64 tensors of the same length ``B <= batch_size`` (global query index and candidate gallery index
-    of each pair) and must return ``B`` scores, higher = better match. It runs under ``torch.no_grad()``. Pairs
-    are visited query by query (row-major), so a batch holds consecutive candidates of the same query; a scorer
-    can exploit that to encode each query once. For the text-to-image direction pass a scorer that swaps its
-    arguments (``lambda t, i: itm(i, t)``).
-
-    Args:
-        query_indices: ``[Q]`` global index of each query row (e.g. the image id when re-ranking image-to-text
-            on one rank's shard of the rows); ``None`` means ``arange(Q)``.
-        candidate_indices: ``[Q, k]`` gallery indices from the first stage (e.g. :func:`chunked_topk`).
-        candidate_scores: ``[Q, k]`` first-stage (contrastive) scores of those candidates.
-        pair_scorer: callable ``(q_idx [B], c_idx [B]) -> scores [B]``.
-        combine: how the final score is formed from the cross score ``c`` and the contrastive score ``s``:
-            ``"cross"`` -> ``c`` (the ALBEF repository), ``"sum"`` -> ``c + s`` (LAVIS ALBEF/BLIP), a float ``w``
-            -> ``w * c + (1 - w) * s``.
-        batch_size: pairs per ``pair_scorer`` call.
-
-    Returns:
-        ``(scores, indices)``, both ``[Q, k]``: the combined float32 scores sorted descending within each row and
-        the candidate indices permuted accordingly. Equal combined scores keep their first-stage order (stable
-        sort). Feed them to :func:`retrieval_recall_from_topk`, or to :func:`dense_from_topk` +
-        :func:`retrieval_recall` for the ALBEF-style dense score matrix.
-    """
-    if candidate_indices.dim() != 2 or candidate_indices.shape != candidate_scores.shape:
-        raise ValueError(
-            f"candidate_indices and candidate_scores must both be [Q, k], got {tuple(candidate_indices.shape)} "
-            f"and {tuple(candidate_scores.shape)}"
-        )
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if isinstance(combine, str):
-        if combine not in ("cross", "sum"):
-            raise ValueError(f"combine must be 'cross', 'sum' or a float weight, got {combine!r}")
-    elif not isinstance(combine, (int, float)) or isinstance(combine, bool):
-        raise TypeError(f"combine must be 'cross', 'sum' or a float weight, got {type(combine).__name__}")
-
-    num_queries, k = candidate_indices.shape
-    device = candidate_indices.device
-    if query_indices is None:
-        query_indices = torch.arange(num_queries, device=device)
-    query_indices = torch.as_tensor(query_indices, device=device).long()
-    if query_indices.shape != (num_queries,):
-        raise ValueError(f"query_indices must be [Q]={num_queries}, got {tuple(query_indices.shape)}")
-
-    flat_q = query_indices[:, None].expand(num_queries, k).reshape(-1)
-    flat_c = candidate_indices.reshape(-1).long()
-    cross = torch.empty(flat_c.shape[0], dtype=torch.float32, device=device)
-    with torch.no_grad():
-        for start in range(0, flat_c.shape[0], batch_size):
-            stop = min(start + batch_size, flat_c.shape[0])
-            out = pair_scorer(flat_q[start:stop], flat_c[start:stop])
-            out = torch.as_tensor(out)
-            if out.shape != (stop - start,):
-                raise ValueError(f"pair_scorer must return {stop - start} scores, got shape {tuple(out.shape)}")
-            cross[start:stop] = out.to(device=device, dtype=torch.float32)
-    cross = cross.view(num_queries, k)
-    contrastive = candidate_scores.to(torch.float32)
-    if combine == "cross":
-        combined = cross
-    elif combine == "sum":
-        combined = cross + contrastive
-    else:
-        weight = float(combine)
-        combined = weight * cross + (1.0 - weight) * contrastive
-    combined, perm = combined.sort(dim=1, descending=True, stable=True)
-    return combined, candidate_indices.gather(1, perm)
 
 
 def dense_from_topk(
@@ -540,20 +413,4 @@ def gather_for_eval(tensor: torch.Tensor, group: dist.ProcessGroup | None = None
         must call it. If a sampler padded or interleaved the shards (``DistributedSampler`` repeats samples
         to even out the shards), gather the example indices the same way and use them to reorder and dedupe.
     """
-    if not (dist.is_available() and dist.is_initialized()):
-        return tensor
-    world_size = dist.get_world_size(group)
-    if world_size == 1:
-        return tensor
-    local = tensor.detach().contiguous()
-    size = torch.tensor([local.shape[0]], dtype=torch.long, device=local.device)
-    sizes = [torch.zeros_like(size) for _ in range(world_size)]
-    dist.all_gather(sizes, size, group=group)
-    lengths = [int(s.item()) for s in sizes]
-    max_len = max(lengths)
-    if local.shape[0] < max_len:
-        pad = local.new_zeros((max_len - local.shape[0], *local.shape[1:]))
-        local = torch.cat([local, pad], dim=0)
-    gathered = [torch.empty_like(local) for _ in range(world_size)]
-    dist.all_gather(gathered, local, group=group)
-    return torch.cat([part[:n] for part, n in zip(gathered, lengths)], dim=0)
+    return gather_varlen(tensor, group=group)

@@ -13,6 +13,10 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
+from hf_vlp.models.processing_vlp import DEFAULT_ZERO_SHOT_PROMPT
+from hf_vlp.models.retrieval_core import COMBINE_MODES as RERANK_COMBINE_MODES
+from hf_vlp.models.retrieval_core import parse_combine
+
 
 __all__ = [
     "RERANK_COMBINE_MODES",
@@ -22,8 +26,6 @@ __all__ = [
     "VLPTrainingArguments",
     "parse_rerank_combine",
 ]
-
-RERANK_COMBINE_MODES = ("cross", "sum")
 
 
 @dataclass
@@ -103,7 +105,7 @@ class VLPTrainingArguments(TrainingArguments):
         },
     )
     zero_shot_prompt: str = field(
-        default="一张{}的照片。",
+        default=DEFAULT_ZERO_SHOT_PROMPT,
         metadata={"help": "Prompt template of zero-shot classification; '{}' is replaced by the class name."},
     )
 
@@ -130,21 +132,15 @@ class VLPTrainingArguments(TrainingArguments):
 
 
 def parse_rerank_combine(value: str) -> str | float:
-    """`rerank_combine` as `hf_vlp.retrieval.rerank_topk` takes it: 'cross', 'sum' or a float weight.
+    """`rerank_combine` as `hf_vlp.retrieval.rerank_topk` takes it: 'cross', 'sum' or a weight in [0, 1].
 
-    The CLI can only give a string, so a weight arrives as e.g. "0.7".
+    The CLI can only give a string, so a weight arrives as e.g. "0.7"; the rules are the retrieval core's
+    (`parse_combine`), the error names the flag.
     """
-    if value in RERANK_COMBINE_MODES:
-        return value
     try:
-        weight = float(value)
-    except ValueError:
-        raise ValueError(
-            f"rerank_combine must be one of {RERANK_COMBINE_MODES} or a weight in [0, 1], got {value!r}"
-        ) from None
-    if not 0.0 <= weight <= 1.0:
-        raise ValueError(f"rerank_combine weight must be in [0, 1], got {weight}")
-    return weight
+        return parse_combine(value)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"rerank_combine: {error}") from None
 
 
 @dataclass

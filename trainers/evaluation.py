@@ -2,17 +2,18 @@
 
 The gallery is encoded once (`model.encode_image` / `model.encode_text`, each process its share, gathered), then
 every process ranks its share of the queries against the whole gallery in chunks: `hf_vlp.retrieval.chunked_topk`
-for global embeddings, chunked `model.similarity` for token-wise (FILIP) models. A model with a cross encoder can
-re-rank each query's top-k through an optional hook (see `RERANK_HOOK`). The ranked lists are gathered and turned
-into Recall@1/5/10 both ways and mean recall with `hf_vlp.retrieval`, identically on every process.
+for global embeddings, `blockwise_topk` over `model.similarity` for token-wise (FILIP) models. A model with a
+cross encoder (a `RerankingModel`: `rerank_scores`) re-ranks each query's top-k. The ranked lists are gathered
+and turned into Recall@1/5/10 both ways and mean recall with `hf_vlp.retrieval`, identically on every process.
+Embedding selection, concatenation and gathering are the retrieval core's (`hf_vlp.models.retrieval_core`).
 
-Zero-shot classification encodes one prompt per class (`一张{}的照片。` by default) and scores images against them.
+Zero-shot classification encodes one prompt per class (`DEFAULT_ZERO_SHOT_PROMPT` by default) and scores images
+against them.
 """
 
 from __future__ import annotations
 
 import contextlib
-import inspect
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -26,11 +27,21 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from transformers.utils import ModelOutput
 
+from hf_vlp.models.processing_vlp import DEFAULT_ZERO_SHOT_PROMPT
+from hf_vlp.models.retrieval_core import (
+    RerankingModel,
+    blockwise_topk,
+    cat_embeddings,
+    gather_embeddings,
+    gather_varlen,
+    implementation_of,
+    rerank_topk,
+    select_embeddings,
+    tensor_fields,
+)
 from hf_vlp.retrieval import (
     chunked_topk,
     dense_from_topk,
-    gather_for_eval,
-    rerank_topk,
     retrieval_recall,
     retrieval_recall_from_topk,
     zero_shot_accuracy,
@@ -39,7 +50,6 @@ from trainers.data import BadSampleError, EvalGallery, decode_image
 
 
 __all__ = [
-    "RERANK_HOOK",
     "EvalRuntime",
     "ZeroShotSet",
     "build_zero_shot_set",
@@ -52,10 +62,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# Optional model method `rerank_scores(image, text, direction) -> Tensor[B]`: scores B (image, text) pairs, where
-# `image` / `text` are what `encode_image` / `encode_text` returned, indexed down to the B pairs, and `direction`
-# is "i2t" or "t2i" (R2D2 has one cross encoder per direction; a model with one may ignore it). Higher = better.
-RERANK_HOOK = "rerank_scores"
 RECALL_KS = (1, 5, 10)
 
 
@@ -154,49 +160,10 @@ class _TextBatcher:
         return dict(self.processor(text=list(texts), **kwargs))
 
 
-def _tensor_fields(output: ModelOutput) -> dict[str, torch.Tensor]:
-    return {key: value for key, value in output.items() if isinstance(value, torch.Tensor)}
-
-
-def _pad_to(tensor: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
-    """Zero-pad every dim after the first up to `shape` (zero = padding in token masks)."""
-    padding = []
-    for dim in reversed(range(1, tensor.dim())):
-        padding += [0, shape[dim] - tensor.shape[dim]]
-    return torch.nn.functional.pad(tensor, padding) if any(padding) else tensor
-
-
-def _concat(outputs: list[ModelOutput]) -> ModelOutput:
-    """Concatenate batch outputs along dim 0, padding token dims (texts are padded per batch)."""
-    fields = {}
-    for key in _tensor_fields(outputs[0]):
-        parts = [_tensor_fields(out)[key] for out in outputs]
-        shape = [max(part.shape[dim] for part in parts) for dim in range(parts[0].dim())]
-        fields[key] = torch.cat([_pad_to(part, shape) for part in parts], dim=0)
-    return type(outputs[0])(**fields)
-
-
-def _gather(output: ModelOutput, runtime: EvalRuntime) -> ModelOutput:
-    """Every process's share, concatenated in rank order, on every process."""
-    if runtime.world_size == 1:
-        return output
-    fields = {}
-    for key, value in _tensor_fields(output).items():
-        shape = torch.tensor(value.shape, device=value.device)
-        dist.all_reduce(shape, op=dist.ReduceOp.MAX)
-        fields[key] = gather_for_eval(_pad_to(value, shape.tolist()).contiguous())
-    return type(output)(**fields)
-
-
-def _take(output: ModelOutput, index: torch.Tensor | slice) -> ModelOutput:
-    """Rows `index` of every tensor field."""
-    return type(output)(**{key: value[index] for key, value in _tensor_fields(output).items()})
-
-
 def _to_float(output: ModelOutput) -> ModelOutput:
     """Mixed-precision embeddings in float32 for scoring (top-k needs one dtype on both sides)."""
     return type(output)(
-        **{key: value.float() if value.is_floating_point() else value for key, value in _tensor_fields(output).items()}
+        **{key: value.float() if value.is_floating_point() else value for key, value in tensor_fields(output).items()}
     )
 
 
@@ -242,11 +209,11 @@ def encode_images(
         collate_fn=_ImageBatcher(processor),
     )
     outputs, num_bad = _encode(model.encode_image, loader, runtime, "Encoding images", images=True)
-    local = _concat(outputs)
+    local = cat_embeddings(outputs)
     if stop == start:
-        local, num_bad = _take(local, slice(0, 0)), 0
+        local, num_bad = select_embeddings(local, slice(0, 0)), 0
     num_bad = _sum_over_processes(num_bad, runtime)
-    return _to_float(_gather(local, runtime)), num_bad
+    return _to_float(_gathered(local, runtime)), num_bad
 
 
 def encode_texts(
@@ -258,10 +225,16 @@ def encode_texts(
     start, stop = runtime.shard(len(texts))
     share = list(texts[start:stop]) if stop > start else list(texts[:1])
     loader = DataLoader(share, batch_size=runtime.batch_size, collate_fn=_TextBatcher(processor, max_length))
-    local = _concat(_encode(model.encode_text, loader, runtime, "Encoding texts", images=False)[0])
+    local = cat_embeddings(_encode(model.encode_text, loader, runtime, "Encoding texts", images=False)[0])
     if stop == start:
-        local = _take(local, slice(0, 0))
-    return _to_float(_gather(local, runtime))
+        local = select_embeddings(local, slice(0, 0))
+    return _to_float(_gathered(local, runtime))
+
+
+def _gathered(output: ModelOutput, runtime: EvalRuntime) -> ModelOutput:
+    """Every process's share in rank order, on every process; the runtime decides (a single-process evaluation may
+    run on one rank of an initialised process group)."""
+    return output if runtime.world_size == 1 else gather_embeddings(output)
 
 
 def _sum_over_processes(value: int, runtime: EvalRuntime) -> int:
@@ -273,28 +246,6 @@ def _sum_over_processes(value: int, runtime: EvalRuntime) -> int:
 
 
 # ------------------------------------------------------------------------------------------------ ranking
-def _blockwise_topk(
-    score_block: Callable[[int, int], torch.Tensor], num_gallery: int, k: int, chunk_size: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Running top-k over gallery blocks of `score_block(start, stop) -> [Q, stop - start]` scores.
-
-    Order among equal scores is by gallery index, as `chunked_topk` orders them: each block is sorted stably and
-    the running candidates (lower indices) come before the block's in the stable merge.
-    """
-    best_scores, best_indices = None, None
-    for start in range(0, num_gallery, chunk_size):
-        scores = score_block(start, min(start + chunk_size, num_gallery)).float()
-        scores, order = scores.sort(dim=1, descending=True, stable=True)
-        scores, indices = scores[:, :k], order[:, :k] + start
-        if best_scores is not None:
-            scores = torch.cat([best_scores, scores], dim=1)
-            indices = torch.cat([best_indices, indices], dim=1)
-            scores, order = scores.sort(dim=1, descending=True, stable=True)
-            scores, indices = scores[:, :k], indices.gather(1, order[:, :k])
-        best_scores, best_indices = scores, indices
-    return best_scores, best_indices
-
-
 def _rank(
     model: nn.Module,
     queries: ModelOutput,
@@ -305,26 +256,16 @@ def _rank(
     token_wise: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k gallery items for each query: `(scores, indices)`, both `[Q, k]`."""
-    num_gallery = next(iter(_tensor_fields(gallery).values())).shape[0]
     if not token_wise:
         return chunked_topk(queries.embeds, gallery.embeds, k, chunk_size=chunk_size)
 
     def score_block(start: int, stop: int) -> torch.Tensor:
-        block = _take(gallery, slice(start, stop))
+        block = select_embeddings(gallery, slice(start, stop))
         if query_is_image:
             return model.similarity(queries, block)[0]
         return model.similarity(block, queries)[1].t()
 
-    return _blockwise_topk(score_block, num_gallery, k, chunk_size)
-
-
-def _rerank_hook(model: nn.Module) -> Callable[..., torch.Tensor] | None:
-    hook = getattr(model, RERANK_HOOK, None)
-    if not callable(hook):
-        return None
-    if "direction" in inspect.signature(hook).parameters:
-        return hook
-    return lambda image, text, direction: hook(image, text)
+    return blockwise_topk(score_block, gallery.embeds.shape[0], k, chunk_size)
 
 
 def _query_topk(
@@ -335,35 +276,36 @@ def _query_topk(
     runtime: EvalRuntime,
     k: int,
     chunk_size: int,
-    rerank: Callable[..., torch.Tensor] | None,
+    reranker: RerankingModel | None,
     combine: str | float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """This process's share of the queries of one direction, ranked (and re-ranked), gathered over processes."""
     query_is_image = direction == "i2t"
     queries_all = images if query_is_image else texts
-    num_queries = next(iter(_tensor_fields(queries_all).values())).shape[0]
-    start, stop = runtime.shard(num_queries)
-    queries = _take(queries_all, slice(start, stop))
+    start, stop = runtime.shard(queries_all.embeds.shape[0])
+    queries = select_embeddings(queries_all, slice(start, stop))
     gallery = texts if query_is_image else images
     token_wise = getattr(getattr(model, "config", None), "similarity", "global") == "token_wise"
     query_chunk = 256
     scores, indices = [], []
     for begin in range(0, stop - start, query_chunk):
-        block = _take(queries, slice(begin, begin + query_chunk))
+        block = select_embeddings(queries, slice(begin, begin + query_chunk))
         block_scores, block_indices = _rank(model, block, gallery, query_is_image, k, chunk_size, token_wise)
         scores.append(block_scores)
         indices.append(block_indices)
-    num_cols = min(k, next(iter(_tensor_fields(gallery).values())).shape[0])
+    num_cols = min(k, gallery.embeds.shape[0])
     scores = torch.cat(scores) if scores else torch.empty(0, num_cols, device=runtime.device)
     indices = torch.cat(indices) if indices else torch.empty(0, num_cols, dtype=torch.long, device=runtime.device)
-    if rerank is not None and scores.numel():
+    if reranker is not None and scores.numel():
 
         def pair_scorer(query_index: torch.Tensor, candidate_index: torch.Tensor) -> torch.Tensor:
             image_index, text_index = (
                 (query_index, candidate_index) if query_is_image else (candidate_index, query_index)
             )
             with runtime.autocast():
-                return rerank(_take(images, image_index), _take(texts, text_index), direction=direction)
+                return reranker.rerank_scores(
+                    select_embeddings(images, image_index), select_embeddings(texts, text_index)
+                )
 
         query_index = torch.arange(start, stop, device=indices.device)
         scores, indices = rerank_topk(
@@ -372,7 +314,7 @@ def _query_topk(
     scores, indices = scores.float().contiguous(), indices.contiguous()
     if runtime.world_size == 1:
         return scores, indices
-    return gather_for_eval(scores), gather_for_eval(indices)
+    return gather_varlen(scores), gather_varlen(indices)
 
 
 def evaluate_retrieval(
@@ -400,10 +342,10 @@ def evaluate_retrieval(
     try:
         images, num_bad = encode_images(model, gallery.images, processor, runtime)
         texts = encode_texts(model, gallery.texts, processor, runtime)
-        hook = _rerank_hook(model) if rerank else None
+        reranker = implementation_of(model, RerankingModel) if rerank else None
         k = max(topk, max(ks))
         results = {
-            direction: _query_topk(model, images, texts, direction, runtime, k, chunk_size, hook, rerank_combine)
+            direction: _query_topk(model, images, texts, direction, runtime, k, chunk_size, reranker, rerank_combine)
             for direction in ("i2t", "t2i")
         }
     finally:
@@ -456,7 +398,7 @@ def evaluate_zero_shot(
     dataset: ZeroShotSet,
     processor: Any,
     runtime: EvalRuntime,
-    prompt: str = "一张{}的照片。",
+    prompt: str = DEFAULT_ZERO_SHOT_PROMPT,
 ) -> dict[str, float]:
     """Zero-shot classification accuracy: `top1` (and `top5` with more than 5 classes), in percent.
 
@@ -470,7 +412,10 @@ def evaluate_zero_shot(
         with torch.no_grad():
             num_images = images.embeds.shape[0]
             logits = torch.cat(
-                [model.similarity(_take(images, slice(s, s + 256)), prompts)[0] for s in range(0, num_images, 256)]
+                [
+                    model.similarity(select_embeddings(images, slice(s, s + 256)), prompts)[0]
+                    for s in range(0, num_images, 256)
+                ]
             )
     finally:
         model.train(was_training)

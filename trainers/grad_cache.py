@@ -16,31 +16,49 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import nn
-from transformers.utils import ModelOutput
+
+from hf_vlp.models.retrieval_core import (
+    RetrievalEmbeddings,
+    RetrievalModel,
+    cat_embeddings,
+    implementation_of,
+    tensor_fields,
+)
 
 
-__all__ = ["GRAD_CACHE_METHODS", "check_grad_cache_support", "grad_cache_backward", "text_inputs_of"]
+__all__ = ["ContrastiveModel", "check_grad_cache_support", "grad_cache_backward", "text_inputs_of"]
 
-GRAD_CACHE_METHODS = ("encode_image", "encode_text", "contrastive_loss", "get_logit_scale")
 _TEXT_KEYS = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
 
 
-def check_grad_cache_support(model: nn.Module) -> None:
-    """Raise unless the model computes its whole loss from per-item embeddings (a dual encoder).
+@runtime_checkable
+class ContrastiveModel(RetrievalModel, Protocol):
+    """A retrieval model whose whole loss is a contrastive loss of per-item embeddings (a dual encoder): what
+    gradient caching needs, since it recomputes the loss from cached embeddings."""
 
-    Fusion models, whose ITM/MLM terms run a cross encoder on pairs, cannot be split this way; they set
-    `supports_grad_cache = False` or lack these methods.
+    def contrastive_loss(
+        self,
+        image: RetrievalEmbeddings,
+        text: RetrievalEmbeddings,
+        logit_scale: torch.Tensor,
+        image_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor: ...
+
+
+def check_grad_cache_support(model: nn.Module) -> None:
+    """Raise unless the model is a `ContrastiveModel`.
+
+    Fusion models, whose ITM/MLM terms run a cross encoder on pairs, cannot be split this way (they have no
+    `contrastive_loss` of embeddings alone).
     """
-    missing = [name for name in GRAD_CACHE_METHODS if not callable(getattr(model, name, None))]
-    if missing or getattr(model, "supports_grad_cache", True) is False:
-        reason = f"it lacks {', '.join(missing)}" if missing else "it sets supports_grad_cache=False"
+    if implementation_of(model, ContrastiveModel) is None:
         raise ValueError(
             f"grad_cache_chunk_size needs a model whose loss is a contrastive loss of per-item embeddings "
-            f"(a dual encoder); {type(model).__name__} cannot be used: {reason}"
+            f"(a dual encoder with contrastive_loss); {type(model).__name__} cannot be used"
         )
 
 
@@ -68,17 +86,14 @@ class _RngState:
             yield
 
 
-def _tensor_fields(output: ModelOutput) -> dict[str, torch.Tensor]:
-    return {key: value for key, value in output.items() if isinstance(value, torch.Tensor)}
-
-
-def _concat(outputs: list[ModelOutput]) -> ModelOutput:
-    """Concatenate sub-batch outputs; floating fields become leaf tensors that collect the loss gradient."""
-    fields = {}
-    for key in _tensor_fields(outputs[0]):
-        value = torch.cat([_tensor_fields(out)[key] for out in outputs], dim=0)
-        fields[key] = value.detach().requires_grad_(value.is_floating_point())
-    return type(outputs[0])(**fields)
+def _as_leaves(output: RetrievalEmbeddings) -> RetrievalEmbeddings:
+    """The fields as leaf tensors; floating ones collect the loss gradient."""
+    return type(output)(
+        **{
+            key: value.detach().requires_grad_(value.is_floating_point())
+            for key, value in tensor_fields(output).items()
+        }
+    )
 
 
 def grad_cache_backward(
@@ -126,7 +141,7 @@ def grad_cache_backward(
                 texts.append(model.encode_text(**{key: value[start:stop] for key, value in text.items()}))
 
     # 2. Full-batch loss on leaf embeddings; its backward fills the embedding gradients (and the temperature's).
-    image_all, text_all = _concat(images), _concat(texts)
+    image_all, text_all = _as_leaves(cat_embeddings(images)), _as_leaves(cat_embeddings(texts))
     del images, texts
     with autocast():
         loss = model.contrastive_loss(image_all, text_all, model.get_logit_scale(), image_ids)
@@ -139,8 +154,8 @@ def grad_cache_backward(
             text_out = model.encode_text(**{key: value[start:stop] for key, value in text.items()})
         tensors, grads = [], []
         for cached, fresh in ((image_all, image), (text_all, text_out)):
-            for key, value in _tensor_fields(fresh).items():
-                grad = _tensor_fields(cached)[key].grad
+            for key, value in tensor_fields(fresh).items():
+                grad = tensor_fields(cached)[key].grad
                 if grad is not None and value.requires_grad:
                     tensors.append(value)
                     grads.append(grad[start:stop])

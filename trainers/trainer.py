@@ -35,6 +35,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint, has_length, speed_metrics
 
+from hf_vlp.models.processing_vlp import DEFAULT_MAX_LENGTH
 from hf_vlp.retrieval import gather_for_eval
 from trainers.data import SIDE_CHANNEL_KEYS, EvalGallery, ImageTextCollator
 
@@ -109,7 +110,8 @@ class VLPTrainer(Trainer):
         if not isinstance(args, VLPTrainingArguments):
             raise TypeError(f"VLPTrainer needs VLPTrainingArguments, got {type(args).__name__}")
         if data_collator is None and processing_class is not None:
-            data_collator = ImageTextCollator(processing_class, max_length=getattr(processing_class, "max_length", 32))
+            max_length = getattr(processing_class, "max_length", DEFAULT_MAX_LENGTH)
+            data_collator = ImageTextCollator(processing_class, max_length=max_length)
         if peft_config is not None:
             if model is None:
                 raise ValueError("peft_config needs the base model (model=...) to wrap")

@@ -8,7 +8,7 @@ from .configuration_dual_encoder import DualEncoderConfig
 from .configuration_fusion_encoder import FusionEncoderConfig
 from .contrastive import gather_with_grad, image_text_contrastive_loss, token_wise_similarity
 from .image_processing_vlp import InvalidImageError, VLPImageProcessor, sanitize_image
-from .modeling_dual_encoder import DualEncoderModel, DualEncoderOutput, RetrievalEmbeddings, VLPPreTrainedModel
+from .modeling_dual_encoder import DualEncoderModel, DualEncoderOutput, VLPPreTrainedModel
 from .modeling_fusion_encoder import (
     FusionEncoderForPreTraining,
     FusionEncoderForPreTrainingOutput,
@@ -17,10 +17,13 @@ from .modeling_fusion_encoder import (
     FusionRetrievalEmbeddings,
 )
 from .presets import list_presets, preset_info
-from .processing_vlp import VLPProcessor
+from .processing_vlp import DEFAULT_MAX_LENGTH, DEFAULT_ZERO_SHOT_PROMPT, VLPProcessor
+from .retrieval_core import RerankingModel, RetrievalEmbeddings, RetrievalModel
 
 
 __all__ = [
+    "DEFAULT_MAX_LENGTH",
+    "DEFAULT_ZERO_SHOT_PROMPT",
     "DualEncoderConfig",
     "DualEncoderModel",
     "DualEncoderOutput",
@@ -31,7 +34,9 @@ __all__ = [
     "FusionEncoderOutput",
     "FusionRetrievalEmbeddings",
     "InvalidImageError",
+    "RerankingModel",
     "RetrievalEmbeddings",
+    "RetrievalModel",
     "VLPImageProcessor",
     "VLPPreTrainedModel",
     "VLPProcessor",

@@ -15,6 +15,7 @@ __all__ = ["FusionEncoderConfig"]
 
 FUSION_MODES = ("albef", "two_way")
 ITM_NEGATIVE_MODES = ("sample", "hardest")
+DEFAULT_PROJECTION_DIM = 256
 LOSS_WEIGHTS = ("itc_weight", "itm_weight", "mlm_weight", "target_distill_weight", "feature_distill_weight")
 
 
@@ -30,9 +31,10 @@ class FusionEncoderConfig(PreTrainedConfig):
             Config of the text tower; any transformers text model (default: a BERT, the shape of Chinese RoBERTa-wwm).
         vision_config (`dict` or `PreTrainedConfig`, *optional*):
             Config of the vision tower; any transformers vision model (default: a CLIP vision transformer).
-        embed_dim (`int`, *optional*, defaults to 256):
-            Width of the contrastive heads (`text_projection`, `visual_projection`); ALBEF uses 256. A fusion model
-            started from a dual encoder takes the dual encoder's `projection_dim`.
+        projection_dim (`int`, *optional*, defaults to 256):
+            Width of the contrastive heads (`text_projection`, `visual_projection`), as in the dual encoder; ALBEF
+            uses 256. A fusion model started from a dual encoder takes the dual encoder's. Configs saved before the
+            families shared this name call it `embed_dim`, which is still accepted.
         logit_scale_init_value (`float`, *optional*, defaults to 2.6592):
             Initial log of the contrastive temperature's inverse (log(1/0.07), ALBEF's `temp`).
         logit_scale_max (`float`, *optional*, defaults to 100.0):
@@ -110,7 +112,7 @@ class FusionEncoderConfig(PreTrainedConfig):
         self,
         text_config: PreTrainedConfig | dict | None = None,
         vision_config: PreTrainedConfig | dict | None = None,
-        embed_dim: int = 256,
+        projection_dim: int | None = None,
         logit_scale_init_value: float = 2.6592,
         logit_scale_max: float = 100.0,
         text_pooling: str = "cls",
@@ -146,7 +148,7 @@ class FusionEncoderConfig(PreTrainedConfig):
     ):
         self.text_config = build_sub_config(text_config, self.default_text_model_type)
         self.vision_config = build_sub_config(vision_config, self.default_vision_model_type)
-        self.embed_dim = embed_dim
+        self.projection_dim = _projection_dim(projection_dim, kwargs)
         self.logit_scale_init_value = logit_scale_init_value
         self.logit_scale_max = logit_scale_max
         self.text_pooling = text_pooling
@@ -199,8 +201,8 @@ class FusionEncoderConfig(PreTrainedConfig):
                 f"fusion_hidden_size={self.fusion_hidden_size} is not a multiple of "
                 f"fusion_num_attention_heads={self.fusion_num_attention_heads}"
             )
-        if self.embed_dim < 1:
-            raise ValueError(f"embed_dim must be >= 1, got {self.embed_dim}")
+        if self.projection_dim < 1:
+            raise ValueError(f"projection_dim must be >= 1, got {self.projection_dim}")
         for name in ("momentum", "distill_alpha", "mlm_probability"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
@@ -216,6 +218,11 @@ class FusionEncoderConfig(PreTrainedConfig):
                 if getattr(self, name) > 0:
                     raise ValueError(f"{name} > 0 distils from the momentum model: set use_momentum_encoder=True")
 
+    @property
+    def loss_weights(self) -> dict[str, float]:
+        """Weight of each pre-training loss term in the total, keyed by its output field (`itc_loss` ...)."""
+        return {name.replace("_weight", "_loss"): getattr(self, name) for name in LOSS_WEIGHTS}
+
     @classmethod
     def from_preset(cls, name: str, **overrides) -> FusionEncoderConfig:
         """Build a named preset (see `hf_vlp.list_presets("fusion_encoder")`); offline, from the config alone."""
@@ -224,3 +231,11 @@ class FusionEncoderConfig(PreTrainedConfig):
         values = preset_config_dict(name, family="fusion_encoder")
         values.update(overrides)
         return cls(**values)
+
+
+def _projection_dim(projection_dim: int | None, kwargs: dict) -> int:
+    """`projection_dim`, or the old name `embed_dim` (popped from `kwargs`) of configs saved before the rename."""
+    legacy = kwargs.pop("embed_dim", None)
+    if legacy is not None and projection_dim is not None and legacy != projection_dim:
+        raise ValueError(f"embed_dim={legacy} is the old name of projection_dim={projection_dim}: give one of them")
+    return projection_dim if projection_dim is not None else legacy if legacy is not None else DEFAULT_PROJECTION_DIM

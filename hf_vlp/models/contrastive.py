@@ -10,12 +10,12 @@ gradient cache and the retrieval evaluation, and must compute exactly the same t
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
+
+from .retrieval_core import gather_varlen
 
 
 __all__ = [
-    "distributed_rank_and_world",
     "gather_with_grad",
     "contrastive_targets",
     "soft_cross_entropy",
@@ -24,38 +24,10 @@ __all__ = [
 ]
 
 
-def distributed_rank_and_world() -> tuple[int, int]:
-    """(rank, world size) of the default process group, or (0, 1) when not distributed."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
-    """Concatenate `tensor` from every rank along dim 0, keeping the autograd graph.
-
-    Ranks may hold different shapes (the last batch of an epoch is smaller; texts padded to the longest in
-    each batch differ in length): shapes are exchanged first, every tensor is zero-padded to the largest in
-    each dim, and dim 0 is trimmed back after the gather; padding in later dims stays and must be masked
-    (a zero-padded attention mask does that). The backward of `torch.distributed.nn.all_gather` sums the
-    gradients each rank's loss sends to this rank's slice, so with DDP's gradient averaging the update equals
-    the one-process update on the concatenated batch (open_clip's `gather_with_grad`).
-    """
-    _, world = distributed_rank_and_world()
-    if world == 1:
-        return tensor
-    import torch.distributed.nn
-
-    local_shape = torch.tensor(tensor.shape, device=tensor.device)
-    shapes = [torch.zeros_like(local_shape) for _ in range(world)]
-    dist.all_gather(shapes, local_shape)
-    max_shape = torch.stack(shapes).amax(dim=0).tolist()
-    padding = []
-    for dim in reversed(range(tensor.dim())):
-        padding += [0, max_shape[dim] - tensor.shape[dim]]
-    tensor = F.pad(tensor, padding)
-    gathered = torch.distributed.nn.all_gather(tensor)
-    return torch.cat([g[: int(shape[0])] for g, shape in zip(gathered, shapes)], dim=0)
+    """Concatenate `tensor` from every rank along dim 0, keeping the autograd graph (ranks may hold different
+    shapes): `retrieval_core.gather_varlen` with gradient, the gather of the distributed contrastive losses."""
+    return gather_varlen(tensor, with_grad=True)
 
 
 def contrastive_targets(

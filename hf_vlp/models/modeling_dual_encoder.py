@@ -21,12 +21,8 @@ from transformers.utils import ModelOutput
 from transformers.utils.generic import can_return_tuple
 
 from .configuration_dual_encoder import DualEncoderConfig
-from .contrastive import (
-    distributed_rank_and_world,
-    gather_with_grad,
-    image_text_contrastive_loss,
-    token_wise_similarity,
-)
+from .contrastive import image_text_contrastive_loss, token_wise_similarity
+from .retrieval_core import RetrievalEmbeddings, gather_contrastive_batch
 from .towers import (
     build_tower,
     load_tower,
@@ -47,22 +43,6 @@ __all__ = [
 ]
 
 ZERO_SHOT_AUTO_CLASS = "AutoModelForZeroShotImageClassification"
-
-
-@dataclass
-class RetrievalEmbeddings(ModelOutput):
-    """What a gallery stores per item to be scored later against queries.
-
-    Args:
-        embeds (`torch.FloatTensor` of shape `(batch, projection_dim)`): L2-normalised global embedding.
-        token_embeds (`torch.FloatTensor` of shape `(batch, tokens, projection_dim)`, *optional*):
-            L2-normalised (and possibly reduced) token embeddings, only for token-wise similarity.
-        token_mask (`torch.LongTensor` of shape `(batch, tokens)`, *optional*): 1 for real tokens.
-    """
-
-    embeds: torch.FloatTensor | None = None
-    token_embeds: torch.FloatTensor | None = None
-    token_mask: torch.LongTensor | None = None
 
 
 @dataclass
@@ -90,10 +70,16 @@ class DualEncoderOutput(ModelOutput):
     vision_model_output: BaseModelOutputWithPooling | None = None
 
     def to_tuple(self) -> tuple[Any, ...]:
-        return tuple(
-            self[k] if k not in ("text_model_output", "vision_model_output") else getattr(self, k).to_tuple()
-            for k in self.keys()
-        )
+        return tuple_with_tower_outputs(self)
+
+
+def tuple_with_tower_outputs(output: ModelOutput) -> tuple[Any, ...]:
+    """`output.to_tuple()` where the towers' own outputs (`text_model_output`, `vision_model_output`) become tuples
+    too, as transformers' CLIP output does."""
+    return tuple(
+        output[k] if k not in ("text_model_output", "vision_model_output") else getattr(output, k).to_tuple()
+        for k in output
+    )
 
 
 class TokenReducer(nn.Module):
@@ -207,12 +193,18 @@ class VLPPreTrainedModel(PreTrainedModel):
         model._after_load([k for k in model.state_dict() if not k.startswith(("text_model.", "vision_model."))])
         return model
 
+    def _extra_auto_map(self) -> dict[str, str]:
+        """`auto_map` entries beyond the one transformers writes for `_auto_class`, as `{auto class: "module.Class"}`.
+
+        The zero-shot pipeline resolves remote code through its own auto class: point it at the same class.
+        """
+        if not getattr(self, "supports_zero_shot_pipeline", False):
+            return {}
+        return {ZERO_SHOT_AUTO_CLASS: f"{type(self).__module__.split('.')[-1]}.{type(self).__name__}"}
+
     def save_pretrained(self, save_directory, *args, **kwargs):
-        # The zero-shot pipeline resolves remote code through this auto class: point it at the same class.
-        if getattr(self, "_auto_class", None) is not None and getattr(self, "supports_zero_shot_pipeline", False):
-            auto_map = dict(getattr(self.config, "auto_map", None) or {})
-            auto_map[ZERO_SHOT_AUTO_CLASS] = f"{type(self).__module__.split('.')[-1]}.{type(self).__name__}"
-            self.config.auto_map = auto_map
+        if getattr(self, "_auto_class", None) is not None:
+            self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **self._extra_auto_map()}
         return super().save_pretrained(save_directory, *args, **kwargs)
 
 
@@ -424,13 +416,9 @@ class DualEncoderModel(VLPPreTrainedModel):
         image_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Symmetric InfoNCE of the local batch against the keys of every rank (one rank: the batch itself)."""
-        rank, world = distributed_rank_and_world()
-        if world == 1 or not self.config.gather_distributed:
-            all_image, all_text, offset, all_ids = image, text, 0, image_ids
-        else:
-            all_image, all_text = _gather_embeddings(image), _gather_embeddings(text)
-            offset = _rank_offset(image.embeds.shape[0], image.embeds.device)
-            all_ids = gather_with_grad(image_ids) if image_ids is not None else None
+        all_image, all_text, offset, all_ids = gather_contrastive_batch(
+            image, text, image_ids, enabled=self.config.gather_distributed
+        )
         if all_image is image and all_text is text:
             # One rank: both directions come from one similarity call; two calls would compute the same scores
             # twice (costly for token-wise similarity) and hold one more batch x batch buffer.
@@ -439,18 +427,3 @@ class DualEncoderModel(VLPPreTrainedModel):
             i2t, _ = self.similarity(image, all_text)
             _, t2i = self.similarity(all_image, text)
         return image_text_contrastive_loss(logit_scale * i2t, logit_scale * t2i.t(), offset, image_ids, all_ids)
-
-
-def _gather_embeddings(emb: RetrievalEmbeddings) -> RetrievalEmbeddings:
-    return RetrievalEmbeddings(
-        embeds=gather_with_grad(emb.embeds),
-        token_embeds=gather_with_grad(emb.token_embeds) if emb.token_embeds is not None else None,
-        token_mask=gather_with_grad(emb.token_mask) if emb.token_mask is not None else None,
-    )
-
-
-def _rank_offset(local_batch: int, device: torch.device) -> int:
-    """Index of this rank's first pair in the gathered batch."""
-    rank, _ = distributed_rank_and_world()
-    sizes = gather_with_grad(torch.tensor([local_batch], device=device))
-    return int(sizes[:rank].sum())

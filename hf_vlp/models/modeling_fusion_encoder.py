@@ -12,52 +12,39 @@ in-batch negatives, larger MLM ratio) and BridgeTower-style bridges, behind two 
 
 Both share parameter names, so either loads the other's checkpoint. Shipped with saved models (Hub custom
 code): imports torch, transformers and sibling files only.
+
+Split by role: the outputs are in `fusion_outputs.py`, the pre-training objective steps in `fusion_pretraining.py`
+(all still importable from here). This file stays over ~450 lines because it holds both model classes: every
+saved folder's `auto_map` names them as `modeling_fusion_encoder.<class>`, so they must stay in this module for
+saved models to reload.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from collections.abc import Collection
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPooling
-from transformers.utils import ModelOutput, logging
+from transformers.utils import logging
 from transformers.utils.generic import can_return_tuple
 
 from .configuration_fusion_encoder import FusionEncoderConfig
-from .contrastive import (
-    contrastive_targets,
-    distributed_rank_and_world,
-    gather_with_grad,
-    image_text_contrastive_loss,
-    soft_cross_entropy,
-)
+from .contrastive import image_text_contrastive_loss
 from .fusion_layers import CrossEncoderOutput, CrossModalEncoder, MaskedLMHead
-from .fusion_objectives import (
-    IGNORE_INDEX,
-    distillation_targets,
-    ema_update_,
-    feature_distillation_loss,
-    hard_negative_weights,
-    mask_tokens,
-    masked_lm_loss,
-    masked_token_index,
-    negative_exclusion_mask,
-    ring_buffer_enqueue_,
-    sample_hard_negatives,
-    soft_target_loss,
-)
-from .modeling_dual_encoder import (
-    ZERO_SHOT_AUTO_CLASS,
-    DualEncoderModel,
-    DualEncoderOutput,
+from .fusion_objectives import ema_update_, ring_buffer_enqueue_
+from .fusion_outputs import FusionEncoderForPreTrainingOutput, FusionEncoderOutput, FusionRetrievalEmbeddings
+from .fusion_pretraining import FusionPreTrainingObjectives, _PreTrainingBatch
+from .modeling_dual_encoder import ZERO_SHOT_AUTO_CLASS, DualEncoderModel, VLPPreTrainedModel
+from .retrieval_core import (
     RetrievalEmbeddings,
-    VLPPreTrainedModel,
-    _rank_offset,
+    blockwise_topk,
+    gather_contrastive_batch,
+    parse_combine,
+    rerank_topk,
 )
 from .towers import build_tower, present, text_tower_features, vision_tower_features, vision_width
 
@@ -73,90 +60,8 @@ __all__ = [
 logger = logging.get_logger(__name__)
 
 MOMENTUM_SUFFIX = "_m"
-# Token-indexed fields of retrieval embeddings and the dimension that indexes their tokens.
-_TOKEN_DIMS = {"token_embeds": 1, "token_mask": 1, "fusion_states": 1, "fusion_mask": 1, "bridge_states": 2}
-
-
-@dataclass
-class FusionRetrievalEmbeddings(RetrievalEmbeddings):
-    """A gallery item of a fusion model: the contrastive embedding plus what the cross encoders read.
-
-    Args:
-        embeds (`torch.FloatTensor` of shape `(batch, embed_dim)`): L2-normalised contrastive embedding.
-        fusion_states (`torch.FloatTensor` of shape `(batch, tokens, tower_hidden_size)`): the tower's token states.
-        fusion_mask (`torch.LongTensor` of shape `(batch, tokens)`): 1 for real tokens.
-        bridge_states (`torch.FloatTensor` of shape `(batch, num_fusion_layers, tokens, tower_hidden_size)`,
-            *optional*): the tower's top layer outputs, only with `use_bridges`.
-    """
-
-    fusion_states: torch.FloatTensor | None = None
-    fusion_mask: torch.LongTensor | None = None
-    bridge_states: torch.FloatTensor | None = None
-
-    def select(self, index: torch.Tensor | slice | Sequence[int]) -> FusionRetrievalEmbeddings:
-        """The items at `index` (any index valid on dim 0), e.g. the top-k candidates of a query."""
-        return type(self)(**{name: value[index] for name, value in self.items()})
-
-    @classmethod
-    def cat(cls, items: Sequence[FusionRetrievalEmbeddings]) -> FusionRetrievalEmbeddings:
-        """Concatenate batches into one gallery; token dims are zero-padded to the longest (mask 0 there),
-        because texts are padded per batch."""
-        fields = {}
-        for name in items[0]:
-            tensors = [getattr(item, name) for item in items]
-            dim = _TOKEN_DIMS.get(name)
-            if dim is not None:
-                longest = max(t.shape[dim] for t in tensors)
-                tensors = [_pad_dim(t, dim, longest) for t in tensors]
-            fields[name] = torch.cat(tensors, dim=0)
-        return cls(**fields)
-
-
-def _pad_dim(tensor: torch.Tensor, dim: int, length: int) -> torch.Tensor:
-    padding = [0, 0] * (tensor.dim() - dim - 1) + [0, length - tensor.shape[dim]]
-    return F.pad(tensor, padding)
-
-
-@dataclass
-class FusionEncoderOutput(DualEncoderOutput):
-    """Contrastive (pre-fusion) output of [`FusionEncoderForRetrieval`]: the dual encoder's fields and meaning,
-    so evaluation code, pipelines and the Space treat both families alike."""
-
-
-@dataclass
-class FusionEncoderForPreTrainingOutput(ModelOutput):
-    """Output of [`FusionEncoderForPreTraining`]: each objective separately and their weighted sum.
-
-    Args:
-        loss (`torch.FloatTensor`): `sum(config.<term>_weight * <term>_loss)` over the computed terms.
-        itc_loss (`torch.FloatTensor`, *optional*): image-text contrastive loss before fusion (momentum keys,
-            queue and momentum distillation when enabled).
-        itm_loss (`torch.FloatTensor`, *optional*): image-text matching cross-entropy, averaged over the cross
-            encoders, on B positives and up to 2B in-batch hard negatives.
-        mlm_loss (`torch.FloatTensor`, *optional*): masked language modelling conditioned on the image. The MLM
-            heads (online and momentum) only run on the masked tokens, so no MLM logits are returned.
-        target_distill_loss (`torch.FloatTensor`, *optional*): ITM soft cross-entropy against the momentum model.
-        feature_distill_loss (`torch.FloatTensor`, *optional*): 1 - cosine of fused features to the momentum model's.
-        logits_per_image (`torch.FloatTensor` of shape `(batch, batch)`): scaled in-batch contrastive similarity.
-        logits_per_text (`torch.FloatTensor` of shape `(batch, batch)`): its transpose.
-        text_embeds, image_embeds (`torch.FloatTensor` of shape `(batch, embed_dim)`): normalised embeddings.
-        itm_logits (`torch.FloatTensor` of shape `(3 * batch, 2)`): ITM logits of positives, then (text, negative
-            image) pairs, then (negative text, image) pairs.
-        itm_labels (`torch.LongTensor` of shape `(3 * batch,)`): 1, 0, or -100 for a row without a valid negative.
-    """
-
-    loss: torch.FloatTensor | None = None
-    itc_loss: torch.FloatTensor | None = None
-    itm_loss: torch.FloatTensor | None = None
-    mlm_loss: torch.FloatTensor | None = None
-    target_distill_loss: torch.FloatTensor | None = None
-    feature_distill_loss: torch.FloatTensor | None = None
-    logits_per_image: torch.FloatTensor | None = None
-    logits_per_text: torch.FloatTensor | None = None
-    text_embeds: torch.FloatTensor | None = None
-    image_embeds: torch.FloatTensor | None = None
-    itm_logits: torch.FloatTensor | None = None
-    itm_labels: torch.LongTensor | None = None
+# Gallery rows scored at once by `rank`'s first stage: bounds its score buffer to (queries x 16k) on any gallery.
+_RANK_CHUNK_SIZE = 16384
 
 
 class FusionEncoderForRetrieval(VLPPreTrainedModel):
@@ -209,8 +114,8 @@ class FusionEncoderForRetrieval(VLPPreTrainedModel):
         setattr(self, "text_model" + suffix, build_tower(config.text_config, drop_pooler=True))
         vision_model = build_tower(config.vision_config, drop_pooler=config.vision_pooling != "pooler")
         setattr(self, "vision_model" + suffix, vision_model)
-        setattr(self, "text_projection" + suffix, nn.Linear(text_size, config.embed_dim, bias=False))
-        setattr(self, "visual_projection" + suffix, nn.Linear(vision_size, config.embed_dim, bias=False))
+        setattr(self, "text_projection" + suffix, nn.Linear(text_size, config.projection_dim, bias=False))
+        setattr(self, "visual_projection" + suffix, nn.Linear(vision_size, config.projection_dim, bias=False))
         # R2D2's text-image cross encoder (ALBEF's only one): text tokens query the image tokens.
         setattr(self, "text_fusion" + suffix, CrossModalEncoder(config, text_size, vision_size))
         if config.fusion_mode == "two_way":
@@ -367,9 +272,10 @@ class FusionEncoderForRetrieval(VLPPreTrainedModel):
         `logit[match] - logit[no match]` (averaged over both cross encoders in two-way mode).
 
         Log-odds rather than a probability, because probabilities saturate at 1 and would tie the best
-        candidates. A side with a single item is broadcast against the other (one query, k candidates). This is
-        the hook a two-stage evaluation calls on its top-k pairs, e.g. as `hf_vlp.retrieval.rerank_topk`'s
-        `pair_scorer`: `lambda i, t: model.rerank_scores(images.select(i), texts.select(t))`.
+        candidates. A side with a single item is broadcast against the other (one query, k candidates). This
+        method makes the model a `retrieval_core.RerankingModel`: two-stage evaluation and the Space call it on
+        their top-k pairs through `rerank_topk`'s `pair_scorer`:
+        `lambda i, t: model.rerank_scores(images.select(i), texts.select(t))`.
         """
         image, text = _broadcast_pairs(image, text)
         logits = self.cross_encode(image, text).itm_logits
@@ -405,43 +311,32 @@ class FusionEncoderForRetrieval(VLPPreTrainedModel):
             query_modality: `"text"` or `"image"`: the modality of `query`.
             k: candidates kept from the first stage (clipped to the gallery size).
             combine: final score from the cross score `c` and contrastive cosine `s`: `"cross"` -> `c` (ALBEF),
-                `"sum"` -> `c + s` (LAVIS), a float `w` -> `w * c + (1 - w) * s` (as `hf_vlp.retrieval.rerank_topk`).
+                `"sum"` -> `c + s` (LAVIS), a weight `w` in [0, 1] -> `w * c + (1 - w) * s`
+                (`retrieval_core.combine_scores`).
             batch_size: pairs per cross-encoder call.
 
         Returns:
             `(scores, indices)`, both (num_queries, k): combined scores, descending, and gallery indices.
-            First-stage ties keep the lower gallery index (a stable sort, as `hf_vlp.retrieval.chunked_topk`),
-            equal combined scores keep the first-stage order. For galleries too large for one similarity matrix,
-            use `hf_vlp.retrieval.chunked_topk` + `rerank_topk` with `rerank_scores` as the pair scorer.
+            First-stage ties keep the lower gallery index (`retrieval_core.blockwise_topk`, which scores the gallery
+            in blocks, so no full similarity matrix is held), equal combined scores keep the first-stage order
+            (`retrieval_core.rerank_topk`).
         """
         if query_modality not in ("text", "image"):
             raise ValueError(f"query_modality must be 'text' or 'image', got {query_modality!r}")
-        if isinstance(combine, str) and combine not in ("cross", "sum"):
-            raise ValueError(f"combine must be 'cross', 'sum' or a float weight, got {combine!r}")
-        if query_modality == "image":
-            first_stage = self.similarity(query, gallery)[0]
-        else:
-            first_stage = self.similarity(gallery, query)[1].t()
-        k = min(k, first_stage.shape[1])
-        first_scores, order = first_stage.float().sort(dim=1, descending=True, stable=True)
-        first_scores, candidates = first_scores[:, :k], order[:, :k]
-        flat_query = torch.arange(first_stage.shape[0], device=candidates.device).repeat_interleave(k)
-        flat_candidate = candidates.reshape(-1)
-        cross = []
-        for start in range(0, flat_candidate.shape[0], batch_size):
-            queries = query.select(flat_query[start : start + batch_size])
-            items = gallery.select(flat_candidate[start : start + batch_size])
-            pair = (queries, items) if query_modality == "image" else (items, queries)
-            cross.append(self.rerank_scores(*pair).float())
-        cross_scores = torch.cat(cross).view_as(first_scores)
-        if combine == "cross":
-            combined = cross_scores
-        elif combine == "sum":
-            combined = cross_scores + first_scores
-        else:
-            combined = float(combine) * cross_scores + (1.0 - float(combine)) * first_scores
-        scores, permutation = combined.sort(dim=1, descending=True, stable=True)
-        return scores, candidates.gather(1, permutation)
+        combine = parse_combine(combine)
+        query_is_image = query_modality == "image"
+
+        def first_stage(start: int, stop: int) -> torch.Tensor:
+            block = gallery.select(slice(start, stop))
+            return self.similarity(query, block)[0] if query_is_image else self.similarity(block, query)[1].t()
+
+        first_scores, candidates = blockwise_topk(first_stage, gallery.embeds.shape[0], k, _RANK_CHUNK_SIZE)
+
+        def cross_scores(query_index: torch.Tensor, candidate_index: torch.Tensor) -> torch.Tensor:
+            queries, items = query.select(query_index), gallery.select(candidate_index)
+            return self.rerank_scores(*((queries, items) if query_is_image else (items, queries)))
+
+        return rerank_topk(None, candidates, first_scores, cross_scores, combine=combine, batch_size=batch_size)
 
     # ---------------------------------------------------------------- forward
     def forward(
@@ -494,32 +389,29 @@ class FusionEncoderForRetrieval(VLPPreTrainedModel):
         image_ids: torch.Tensor | None,
     ) -> torch.Tensor:
         """Symmetric InfoNCE of the local batch against every rank's embeddings (gathered with gradient)."""
-        _, world = distributed_rank_and_world()
-        if world == 1 or not self.config.gather_distributed:
-            all_images, all_texts, offset, all_ids = image_embeds, text_embeds, 0, image_ids
-        else:
-            all_images, all_texts = gather_with_grad(image_embeds), gather_with_grad(text_embeds)
-            offset = _rank_offset(image_embeds.shape[0], image_embeds.device)
-            all_ids = gather_with_grad(image_ids) if image_ids is not None else None
+        all_images, all_texts, offset, all_ids = gather_contrastive_batch(
+            RetrievalEmbeddings(embeds=image_embeds),
+            RetrievalEmbeddings(embeds=text_embeds),
+            image_ids,
+            enabled=self.config.gather_distributed,
+        )
         return image_text_contrastive_loss(
-            logit_scale * image_embeds @ all_texts.t(),
-            logit_scale * text_embeds @ all_images.t(),
+            logit_scale * image_embeds @ all_texts.embeds.t(),
+            logit_scale * text_embeds @ all_images.embeds.t(),
             offset,
             image_ids,
             all_ids,
         )
 
     # ---------------------------------------------------------------- construction from other checkpoints
-    def save_pretrained(self, save_directory, *args, **kwargs):
-        # Whichever class saves, the folder must load as either: write both model classes into auto_map.
-        if getattr(self, "_auto_class", None) is not None:
-            module = type(self).__module__.split(".")[-1]
-            auto_map = dict(getattr(self.config, "auto_map", None) or {})
-            auto_map["AutoModel"] = f"{module}.FusionEncoderForRetrieval"
-            auto_map["AutoModelForPreTraining"] = f"{module}.FusionEncoderForPreTraining"
-            auto_map[ZERO_SHOT_AUTO_CLASS] = f"{module}.FusionEncoderForRetrieval"
-            self.config.auto_map = auto_map
-        return super().save_pretrained(save_directory, *args, **kwargs)
+    def _extra_auto_map(self) -> dict[str, str]:
+        # Whichever class saves, the folder must load as either: both model classes go into auto_map.
+        module = type(self).__module__.split(".")[-1]
+        return {
+            "AutoModel": f"{module}.FusionEncoderForRetrieval",
+            "AutoModelForPreTraining": f"{module}.FusionEncoderForPreTraining",
+            ZERO_SHOT_AUTO_CLASS: f"{module}.FusionEncoderForRetrieval",
+        }
 
     def _momentum_keys(self) -> list[str]:
         """State-dict keys of the momentum model (none here; see the pre-training subclass)."""
@@ -536,7 +428,7 @@ class FusionEncoderForRetrieval(VLPPreTrainedModel):
 
         Towers, contrastive projections and the temperature are copied; the cross encoders (and the MLM head) are
         new; in the pre-training model the momentum model is a copy of the result. The contrastive head keeps the
-        dual encoder's width (`embed_dim = projection_dim`) and pooling; other keyword arguments (e.g.
+        dual encoder's width (`projection_dim`) and pooling; other keyword arguments (e.g.
         `num_fusion_layers`, `fusion_mode`, `queue_size`) go to [`FusionEncoderConfig`]. `hub_kwargs` (e.g.
         `revision`, `token`) go to `from_pretrained` when a path or id is given.
         """
@@ -554,7 +446,7 @@ class FusionEncoderForRetrieval(VLPPreTrainedModel):
         inherited = {
             "text_config": source.text_config.to_dict(),
             "vision_config": source.vision_config.to_dict(),
-            "embed_dim": source.projection_dim,
+            "projection_dim": source.projection_dim,
             "logit_scale_max": source.logit_scale_max,
             "text_pooling": source.text_pooling,
             "vision_pooling": source.vision_pooling,
@@ -571,7 +463,7 @@ class FusionEncoderForRetrieval(VLPPreTrainedModel):
         return model
 
 
-class FusionEncoderForPreTraining(FusionEncoderForRetrieval):
+class FusionEncoderForPreTraining(FusionPreTrainingObjectives, FusionEncoderForRetrieval):
     """Fusion encoder pre-training: ITC (+ momentum queue and distillation), ITM with hard negatives, MLM and
     R2D2's target- and feature-guided distillation, each returned separately and summed with config weights.
 
@@ -613,8 +505,8 @@ class FusionEncoderForPreTraining(FusionEncoderForRetrieval):
             self.mlm_head_m = MaskedLMHead(*head_args)
             tied["mlm_head_m.decoder.weight"] = f"text_model_m.{embedding_name}"
             if config.queue_size > 0:
-                self.register_buffer("image_queue", torch.zeros(config.queue_size, config.embed_dim))
-                self.register_buffer("text_queue", torch.zeros(config.queue_size, config.embed_dim))
+                self.register_buffer("image_queue", torch.zeros(config.queue_size, config.projection_dim))
+                self.register_buffer("text_queue", torch.zeros(config.queue_size, config.projection_dim))
                 # Image id of each queued pair (-1: unknown), so captions of a batch's images are not negatives.
                 self.register_buffer("id_queue", torch.full((config.queue_size,), -1, dtype=torch.long))
                 self.register_buffer("queue_ptr", torch.zeros(1, dtype=torch.long))
@@ -668,6 +560,39 @@ class FusionEncoderForPreTraining(FusionEncoderForRetrieval):
         if triples:
             ema_update_([m for _, _, m in triples], [p for _, p, _ in triples], self.config.momentum)
 
+    def resize_token_embeddings(
+        self, new_num_tokens: int | None = None, pad_to_multiple_of: int | None = None, mean_resizing: bool = True
+    ) -> nn.Embedding:
+        """Resize the vocabulary of the online model (text tower, tied MLM decoder) and of the momentum copy.
+
+        The momentum model reads the same token ids (its text tower and `mlm_head_m`, tied the same way), so it
+        is resized to the same size; it keeps its own rows for the existing ids and starts the new ids' rows as
+        copies of the online ones, as `copy_params()` would.
+        """
+        embeddings = super().resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
+        if getattr(self, "text_model_m", None) is None:
+            return embeddings
+        momentum = self.text_model_m.get_input_embeddings()
+        if momentum.num_embeddings != embeddings.num_embeddings:
+            resized = nn.Embedding(
+                embeddings.num_embeddings,
+                embeddings.embedding_dim,
+                padding_idx=momentum.padding_idx,
+                device=embeddings.weight.device,
+                dtype=embeddings.weight.dtype,
+            )
+            decoder = self.mlm_head_m.decoder
+            bias = None if decoder.bias is None else _resized_rows(decoder.bias, self.mlm_head.decoder.bias)
+            with torch.no_grad():
+                resized.weight.copy_(_resized_rows(momentum.weight, embeddings.weight))
+            self.text_model_m.set_input_embeddings(resized)
+            decoder.weight = resized.weight  # the tie of `_build_modules`
+            decoder.out_features = embeddings.num_embeddings
+            if bias is not None:
+                decoder.bias = nn.Parameter(bias)
+            self.freeze_momentum()
+        return embeddings
+
     def _after_load(self, missing_keys: list[str]) -> None:
         # A checkpoint without (part of) the momentum model, e.g. a retrieval or dual-encoder checkpoint: the missing
         # momentum modules start as copies of the loaded online ones. transformers 5 re-creates loaded parameters
@@ -690,74 +615,6 @@ class FusionEncoderForPreTraining(FusionEncoderForRetrieval):
             [self.image_queue, self.text_queue, self.id_queue], [image_keys, text_keys, key_ids], self.queue_ptr
         )
 
-    # ---------------------------------------------------------------- objectives
-    def _momentum_itc(
-        self,
-        image: FusionRetrievalEmbeddings,
-        text: FusionRetrievalEmbeddings,
-        image_m: FusionRetrievalEmbeddings,
-        text_m: FusionRetrievalEmbeddings,
-        image_ids: torch.Tensor | None,
-        alpha: float,
-        logit_scale: torch.Tensor,
-    ) -> torch.Tensor:
-        """ALBEF ITC: online queries against momentum keys (every rank's, then the queue), with momentum
-        distillation targets; enqueues the keys in training."""
-        _, world = distributed_rank_and_world()
-        gather = world > 1 and self.config.gather_distributed
-        with torch.no_grad():
-            image_keys = gather_with_grad(image_m.embeds) if gather else image_m.embeds
-            text_keys = gather_with_grad(text_m.embeds) if gather else text_m.embeds
-            key_ids = gather_with_grad(image_ids) if gather and image_ids is not None else image_ids
-            offset = _rank_offset(image.embeds.shape[0], image.embeds.device) if gather else 0
-            all_image_keys, all_text_keys, all_ids = image_keys, text_keys, key_ids
-            use_queue = getattr(self, "image_queue", None) is not None
-            if use_queue:
-                all_image_keys = torch.cat([image_keys, self.image_queue.clone()])
-                all_text_keys = torch.cat([text_keys, self.text_queue.clone()])
-                if key_ids is not None:
-                    all_ids = torch.cat([key_ids, self.id_queue.clone()])
-            targets = contrastive_targets(
-                image.embeds.shape[0], all_text_keys.shape[0], offset, image_ids, all_ids, device=image.embeds.device
-            )
-            targets_i2t = targets_t2i = targets
-            if alpha > 0:
-                scale = logit_scale.detach()
-                targets_i2t = distillation_targets(
-                    (scale * image_m.embeds @ all_text_keys.t()).softmax(1), targets, alpha
-                )
-                targets_t2i = distillation_targets(
-                    (scale * text_m.embeds @ all_image_keys.t()).softmax(1), targets, alpha
-                )
-        loss_i2t = soft_cross_entropy(logit_scale * image.embeds @ all_text_keys.t(), targets_i2t)
-        loss_t2i = soft_cross_entropy(logit_scale * text.embeds @ all_image_keys.t(), targets_t2i)
-        if use_queue and self.training:
-            self._enqueue(image_keys, text_keys, key_ids)
-        return (loss_i2t + loss_t2i) / 2
-
-    def _itm_pairs(
-        self, similarity: torch.Tensor, image_ids: torch.Tensor | None, input_ids: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """In-batch hard negatives from the (images, texts) `similarity` logits:
-        `(negative_image_per_text, negative_text_per_image, itm_labels)`."""
-        batch = similarity.shape[0]
-        with torch.no_grad():
-            exclude = negative_exclusion_mask(batch, image_ids, input_ids, device=similarity.device)
-            hardest = self.config.itm_negatives == "hardest"
-            negative_text, valid_text = sample_hard_negatives(hard_negative_weights(similarity, exclude), hardest)
-            negative_image, valid_image = sample_hard_negatives(
-                hard_negative_weights(similarity.t(), exclude), hardest
-            )
-            ignore = torch.full_like(negative_text, IGNORE_INDEX)
-            labels = torch.cat(
-                [
-                    torch.ones_like(negative_text),
-                    torch.where(valid_image, torch.zeros_like(ignore), ignore),
-                    torch.where(valid_text, torch.zeros_like(ignore), ignore),
-                ]
-            )
-        return negative_image, negative_text, labels
-
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -768,9 +625,15 @@ class FusionEncoderForPreTraining(FusionEncoderForRetrieval):
         return_loss: bool = True,
         image_ids: torch.LongTensor | None = None,
         alpha: float | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
     ) -> FusionEncoderForPreTrainingOutput | FusionEncoderOutput | tuple:
         r"""Compute every enabled pre-training objective on a batch of aligned (image, text) pairs.
+
+        The objectives are named steps sharing one `_PreTrainingBatch`: `_itc_terms`, `_itm_terms` (with target
+        distillation), `_mlm_terms` and `_feature_distillation` (both on one `_masked_pass`); the total is
+        `sum(config.loss_weights[term] * term)`.
 
         Args:
             return_loss (`bool`, *optional*, defaults to `True`): `False` gives the contrastive output of
@@ -780,21 +643,28 @@ class FusionEncoderForPreTraining(FusionEncoderForRetrieval):
                 negatives. Identical captions are never ITM negatives either way.
             alpha (`float`, *optional*): momentum distillation weight for this step (default
                 `config.distill_alpha`); ALBEF ramps it up from 0 over the first epoch.
+            output_attentions, output_hidden_states (`bool`, *optional*): passed to the (online) towers, whose
+                outputs are returned as `text_model_output` / `vision_model_output`.
         """
         if not return_loss:
             return super().forward(
-                input_ids, pixel_values, attention_mask, token_type_ids, position_ids, return_dict=return_dict
+                input_ids,
+                pixel_values,
+                attention_mask,
+                token_type_ids,
+                position_ids,
+                output_attentions=output_attentions,
+                output_hidden_states=output_hidden_states,
+                return_dict=return_dict,
             )
         config = self.config
         momentum = config.use_momentum_encoder
         alpha = config.distill_alpha if alpha is None else alpha
-        alpha = alpha if momentum else 0.0
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        image = self._embeddings(self._image_features(pixel_values), None)
-        text = self._embeddings(
-            self._text_features(input_ids, attention_mask, token_type_ids, position_ids), attention_mask
-        )
+        tower_kwargs = present(output_attentions=output_attentions, output_hidden_states=output_hidden_states)
+        image_features = self._image_features(pixel_values, **tower_kwargs)
+        text_features = self._text_features(input_ids, attention_mask, token_type_ids, position_ids, **tower_kwargs)
         image_m = text_m = None
         if momentum:
             with torch.no_grad():
@@ -803,129 +673,53 @@ class FusionEncoderForPreTraining(FusionEncoderForRetrieval):
                     attention_mask,
                 )
                 image_m = self._embeddings(self._image_features(pixel_values, momentum=True), None)
-        logit_scale = self.get_logit_scale()
-        logits_per_image = logit_scale * image.embeds @ text.embeds.t()
-        losses: dict[str, torch.Tensor] = {}
+        batch = _PreTrainingBatch(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            image_ids=image_ids,
+            image=self._embeddings(image_features, None),
+            text=self._embeddings(text_features, attention_mask),
+            image_m=image_m,
+            text_m=text_m,
+            logit_scale=self.get_logit_scale(),
+            alpha=alpha if momentum else 0.0,
+        )
 
-        if config.itc_weight > 0:
-            if momentum:
-                losses["itc_loss"] = self._momentum_itc(image, text, image_m, text_m, image_ids, alpha, logit_scale)
-            else:
-                losses["itc_loss"] = self._in_batch_itc(image.embeds, text.embeds, logit_scale, image_ids)
-
-        itm_logits = itm_labels = teacher_positive = None
-        if config.itm_weight > 0 or config.target_distill_weight > 0:
-            scale = config.itm_negative_scale if config.itm_negative_scale is not None else logit_scale.detach()
-            negative_image, negative_text, itm_labels = self._itm_pairs(
-                scale * (image.embeds @ text.embeds.t()).detach(), image_ids, input_ids
-            )
-            cat = FusionRetrievalEmbeddings.cat
-            pair_images = cat([image, image.select(negative_image), image])
-            pair_texts = cat([text, text, text.select(negative_text)])
-            student = self.cross_encode(pair_images, pair_texts)
-            itm_logits = student.itm_logits
-            student_logits = _per_encoder_logits(student)
-            if config.itm_weight > 0:
-                losses["itm_loss"] = torch.stack(
-                    [F.cross_entropy(logits, itm_labels, ignore_index=IGNORE_INDEX) for logits in student_logits]
-                ).mean()
-            if config.target_distill_weight > 0:
-                with torch.no_grad():
-                    teacher = self.cross_encode(
-                        cat([image_m, image_m.select(negative_image), image_m]),
-                        cat([text_m, text_m, text_m.select(negative_text)]),
-                        momentum=True,
-                    )
-                    batch = input_ids.shape[0]
-                    teacher_positive = (
-                        teacher.text_hidden_state[:batch],
-                        None if teacher.image_hidden_state is None else teacher.image_hidden_state[:batch],
-                    )
-                valid = (itm_labels != IGNORE_INDEX).float()
-                losses["target_distill_loss"] = torch.stack(
-                    [
-                        soft_target_loss(s, t.softmax(-1), valid)
-                        for s, t in zip(student_logits, _per_encoder_logits(teacher))
-                    ]
-                ).mean()
-
+        losses = self._itc_terms(batch)
+        itm = self._itm_terms(batch)
+        losses.update(itm.losses)
         if config.mlm_weight > 0 or config.feature_distill_weight > 0:
-            vocab_size = self.text_model.get_input_embeddings().num_embeddings
-            masked_ids, mlm_labels = mask_tokens(
-                input_ids,
-                attention_mask,
-                config.mlm_probability,
-                config.mask_token_id,
-                vocab_size,
-                config.special_token_ids,
-            )
-            masked_text = self._embeddings(
-                self._text_features(masked_ids, attention_mask, token_type_ids, position_ids), attention_mask
-            )
-            student = self.cross_encode(image, masked_text, image_stream=config.feature_distill_weight > 0)
-            if config.mlm_weight > 0:
-                # Only the masked tokens (~mlm_probability of them) reach the vocabulary projection, online and
-                # momentum: same loss and gradients as scoring every position, a fraction of the FLOPs and memory.
-                index = masked_token_index(mlm_labels)
-                soft_targets = None
-                if alpha > 0:
-                    with torch.no_grad():
-                        masked_text_m = self._embeddings(
-                            self._text_features(
-                                masked_ids, attention_mask, token_type_ids, position_ids, momentum=True
-                            ),
-                            attention_mask,
-                        )
-                        fused_m = self.cross_encode(image_m, masked_text_m, momentum=True, image_stream=False)
-                        soft_targets = self.mlm_head_m(_gather_tokens(fused_m.text_hidden_state, index)).softmax(-1)
-                losses["mlm_loss"] = masked_lm_loss(
-                    self.mlm_head(_gather_tokens(student.text_hidden_state, index)),
-                    mlm_labels.flatten().index_select(0, index),
-                    soft_targets,
-                    alpha,
-                )
-            if config.feature_distill_weight > 0:
-                if teacher_positive is None:
-                    with torch.no_grad():
-                        teacher = self.cross_encode(image_m, text_m, momentum=True)
-                        teacher_positive = (teacher.text_hidden_state, teacher.image_hidden_state)
-                distances = [feature_distillation_loss(student.text_hidden_state, teacher_positive[0], attention_mask)]
-                if student.image_hidden_state is not None:
-                    distances.append(
-                        feature_distillation_loss(student.image_hidden_state, teacher_positive[1], image.fusion_mask)
-                    )
-                losses["feature_distill_loss"] = torch.stack(distances).mean()
+            masked = self._masked_pass(batch)
+            losses.update(self._mlm_terms(batch, masked))
+            losses.update(self._feature_distillation(batch, masked, itm.teacher_positive))
 
-        weights = {
-            "itc_loss": config.itc_weight,
-            "itm_loss": config.itm_weight,
-            "mlm_loss": config.mlm_weight,
-            "target_distill_loss": config.target_distill_weight,
-            "feature_distill_loss": config.feature_distill_weight,
-        }
-        total = sum(weights[name] * value for name, value in losses.items()) if losses else None
+        weights = config.loss_weights
+        logits_per_image = batch.logit_scale * batch.image.embeds @ batch.text.embeds.t()
         output = FusionEncoderForPreTrainingOutput(
-            loss=total,
+            loss=sum(weights[name] * value for name, value in losses.items()) if losses else None,
             **losses,
             logits_per_image=logits_per_image,
             logits_per_text=logits_per_image.t(),
-            text_embeds=text.embeds,
-            image_embeds=image.embeds,
-            itm_logits=itm_logits,
-            itm_labels=itm_labels,
+            text_embeds=batch.text.embeds,
+            image_embeds=batch.image.embeds,
+            itm_logits=itm.logits,
+            itm_labels=itm.labels,
+            text_model_output=text_features,
+            vision_model_output=image_features,
         )
         use_return_dict = return_dict if return_dict is not None else config.return_dict
         return output if use_return_dict else output.to_tuple()
 
 
-def _gather_tokens(states: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """`(N, hidden)` rows of `(batch, tokens, hidden)` states at flat token indices (see `masked_token_index`)."""
-    return states.flatten(0, 1).index_select(0, index)
-
-
-def _per_encoder_logits(output: CrossEncoderOutput) -> list[torch.Tensor]:
-    """ITM logits of each cross encoder that ran (text-query, then image-query in two-way mode)."""
-    return [logits for logits in (output.text_itm_logits, output.image_itm_logits) if logits is not None]
+def _resized_rows(own: torch.Tensor, online: torch.Tensor) -> torch.Tensor:
+    """A momentum tensor resized along dim 0 to the online one's length: its own rows where both have them, the
+    online rows beyond (detached copies)."""
+    rows = min(own.shape[0], online.shape[0])
+    resized = online.detach().clone()
+    resized[:rows] = own.detach()[:rows]
+    return resized
 
 
 def _broadcast_pairs(

@@ -11,6 +11,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from .processing_vlp import DEFAULT_MAX_LENGTH
+
 
 __all__ = ["PRESETS", "TINY_VOCAB_SIZE", "list_presets", "preset_config_dict", "preset_info"]
 
@@ -80,7 +82,11 @@ PRESETS: dict[str, dict[str, Any]] = {
             "projection_dim": 512,
         },
         "pretrained": {"convert_from": "OFA-Sys/chinese-clip-vit-base-patch16"},
-        "processor": {"image_size": 224, "max_length": 52, "tokenizer": "OFA-Sys/chinese-clip-vit-base-patch16"},
+        "processor": {
+            "image_size": 224,
+            "max_length": DEFAULT_MAX_LENGTH,
+            "tokenizer": "OFA-Sys/chinese-clip-vit-base-patch16",
+        },
     },
     "chinese-clip-vit-large-patch14": {
         "family": "dual_encoder",
@@ -91,7 +97,11 @@ PRESETS: dict[str, dict[str, Any]] = {
             "projection_dim": 768,
         },
         "pretrained": {"convert_from": "OFA-Sys/chinese-clip-vit-large-patch14"},
-        "processor": {"image_size": 224, "max_length": 52, "tokenizer": "OFA-Sys/chinese-clip-vit-large-patch14"},
+        "processor": {
+            "image_size": 224,
+            "max_length": DEFAULT_MAX_LENGTH,
+            "tokenizer": "OFA-Sys/chinese-clip-vit-large-patch14",
+        },
     },
     "wukong-vit-large-filip": {
         "family": "dual_encoder",
@@ -142,7 +152,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 _TINY_FUSION = {
     "text_config": _tiny_text(),
     "vision_config": _tiny_vision(),
-    "embed_dim": 64,
+    "projection_dim": 64,
     "num_fusion_layers": 2,
     "fusion_intermediate_size": 128,
     "fusion_hidden_dropout_prob": 0.0,
@@ -183,7 +193,7 @@ PRESETS.update(
             "config": {
                 "text_config": {**_BERT_BASE_CHINESE, "num_hidden_layers": 6},
                 "vision_config": _clip_vision(768, 12, 12, 16),
-                "embed_dim": 256,
+                "projection_dim": 256,
                 "num_fusion_layers": 6,
                 "queue_size": 65536,
                 "momentum": 0.995,
@@ -202,7 +212,7 @@ PRESETS.update(
             "config": {
                 "text_config": _BERT_LARGE_CHINESE,
                 "vision_config": _clip_vision(1024, 24, 16, 14),
-                "embed_dim": 768,
+                "projection_dim": 768,
                 "num_fusion_layers": 6,
                 "fusion_mode": "two_way",
                 "queue_size": 65536,

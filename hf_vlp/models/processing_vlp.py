@@ -9,7 +9,12 @@ from transformers import ProcessorMixin
 from transformers.feature_extraction_utils import BatchFeature
 
 
-__all__ = ["VLPProcessor"]
+__all__ = ["DEFAULT_MAX_LENGTH", "DEFAULT_ZERO_SHOT_PROMPT", "VLPProcessor"]
+
+#: Default text length cap, in tokens: Chinese-CLIP's context length.
+DEFAULT_MAX_LENGTH = 52
+#: Default zero-shot classification prompt ("a photo of {}."); `{}` is replaced by the class name.
+DEFAULT_ZERO_SHOT_PROMPT = "一张{}的照片。"
 
 
 class VLPProcessor(ProcessorMixin):
@@ -25,7 +30,7 @@ class VLPProcessor(ProcessorMixin):
         max_length (`int`, *optional*, defaults to 52): default text length cap.
     """
 
-    def __init__(self, image_processor=None, tokenizer=None, max_length: int = 52, **kwargs):
+    def __init__(self, image_processor=None, tokenizer=None, max_length: int = DEFAULT_MAX_LENGTH, **kwargs):
         self.max_length = max_length
         super().__init__(image_processor, tokenizer, **kwargs)
 

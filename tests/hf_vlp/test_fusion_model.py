@@ -24,7 +24,7 @@ from hf_vlp import (
     VLPProcessor,
     build_chinese_tokenizer,
 )
-from hf_vlp.models import modeling_fusion_encoder
+from hf_vlp.models import fusion_pretraining
 from hf_vlp.models.fusion_layers import FusionLayer
 from hf_vlp.retrieval import chunked_topk, rerank_topk
 
@@ -75,7 +75,7 @@ def test_fusion_presets_build_offline_and_match_the_builtin_tokenizer():
         assert isinstance(hf_vlp.config_for_preset(name), FusionEncoderConfig)
     assert FusionEncoderConfig.from_preset("tiny-r2d2").fusion_mode == "two_way"
     large = FusionEncoderConfig.from_preset("r2d2-vit-large")
-    assert (large.fusion_hidden_size, large.embed_dim, large.num_fusion_layers) == (1024, 768, 6)
+    assert (large.fusion_hidden_size, large.projection_dim, large.num_fusion_layers) == (1024, 768, 6)
     tokenizer = build_chinese_tokenizer()
     tiny = FusionEncoderConfig.from_preset("tiny-fusion")
     assert tiny.mask_token_id == tokenizer.mask_token_id
@@ -100,6 +100,18 @@ def test_fusion_presets_build_offline_and_match_the_builtin_tokenizer():
 def test_config_refuses_bad_settings(overrides, message):
     with pytest.raises(ValueError, match=message):
         config(**overrides)
+
+
+def test_head_width_is_projection_dim_and_the_old_embed_dim_key_still_loads(tmp_path):
+    saved = config().to_dict()
+    assert "projection_dim" in saved and "embed_dim" not in saved  # one name across families, as the dual encoder
+    saved["embed_dim"] = saved.pop("projection_dim") // 2  # a config.json written before the rename
+    (tmp_path / "config.json").write_text(json.dumps(saved), encoding="utf-8")
+    loaded = FusionEncoderConfig.from_pretrained(tmp_path)
+    assert loaded.projection_dim == saved["embed_dim"] and not hasattr(loaded, "embed_dim")
+    assert FusionEncoderForRetrieval(loaded).text_projection.out_features == saved["embed_dim"]
+    with pytest.raises(ValueError, match="old name"):
+        FusionEncoderConfig(projection_dim=32, embed_dim=16)
 
 
 def test_config_round_trips_through_json(tmp_path):
@@ -165,7 +177,7 @@ def test_mlm_heads_run_on_masked_tokens_only_with_the_full_position_loss_and_gra
         for param in model.momentum_parameters():
             param.add_(0.05 * torch.randn_like(param))
     recorded = {}
-    mask_tokens, cross_encode = modeling_fusion_encoder.mask_tokens, model.cross_encode
+    mask_tokens, cross_encode = fusion_pretraining.mask_tokens, model.cross_encode
 
     def recording_mask_tokens(*args, **kwargs):
         recorded["masked_ids"], recorded["labels"] = mask_tokens(*args, **kwargs)
@@ -176,7 +188,7 @@ def test_mlm_heads_run_on_masked_tokens_only_with_the_full_position_loss_and_gra
         recorded["momentum" if momentum else "online"] = out.text_hidden_state
         return out
 
-    monkeypatch.setattr(modeling_fusion_encoder, "mask_tokens", recording_mask_tokens)
+    monkeypatch.setattr(fusion_pretraining, "mask_tokens", recording_mask_tokens)
     monkeypatch.setattr(model, "cross_encode", recording_cross_encode)
     head_rows = []
     for head in (model.mlm_head, model.mlm_head_m):
@@ -496,11 +508,13 @@ def test_from_dual_encoder_copies_towers_and_makes_the_momentum_model_a_frozen_c
         for name in ("text_model", "vision_model", "text_projection", "visual_projection"):
             dual_state = getattr(dual, name).state_dict()
             assert all(torch.equal(v, dual_state[k]) for k, v in getattr(model, name).state_dict().items())
-        assert model.logit_scale.item() == 3.0 and model.config.embed_dim == dual.config.projection_dim
+        assert model.logit_scale.item() == 3.0 and model.config.projection_dim == dual.config.projection_dim
         assert all(torch.equal(online, momentum) for _, online, momentum in model._momentum_triples())
         assert all(not p.requires_grad for p in model.momentum_parameters())
         assert model.mlm_head_m.decoder.weight is model.text_model_m.get_input_embeddings().weight
-    with pytest.raises(ValueError, match="embed_dim"):
+    with pytest.raises(ValueError, match="projection_dim"):
+        FusionEncoderForRetrieval.from_dual_encoder(dual, projection_dim=32)
+    with pytest.raises(ValueError, match="embed_dim"):  # the old name clashes too
         FusionEncoderForRetrieval.from_dual_encoder(dual, embed_dim=32)
 
 
@@ -517,7 +531,7 @@ def test_from_vision_text_pretrained_loads_real_towers(tmp_path):
     model = FusionEncoderForPreTraining.from_vision_text_pretrained(
         str(tmp_path / "vision"),
         str(tmp_path / "text"),
-        embed_dim=16,
+        projection_dim=16,
         num_fusion_layers=1,
         queue_size=4,
         mask_token_id=4,

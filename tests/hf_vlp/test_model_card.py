@@ -121,7 +121,7 @@ def test_fusion_card(tiny_dual_config):
     config = FusionEncoderConfig(
         text_config=tiny_dual_config.text_config,
         vision_config=tiny_dual_config.vision_config,
-        embed_dim=16,
+        projection_dim=16,
         num_fusion_layers=1,
         fusion_mode="two_way",
     )

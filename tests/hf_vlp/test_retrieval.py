@@ -349,25 +349,29 @@ def test_gather_for_eval_identity_without_distributed():
     assert gather_for_eval(x) is x
 
 
-# Run in fresh interpreters that load retrieval.py by file path: fast (no package __init__, no transformers),
-# and it checks that the module needs nothing but torch.
+# Run in fresh interpreters that load the retrieval core by file path: it is shipped model code, so it must need
+# nothing but torch and transformers (no package, no relative import).
 _GATHER_SCRIPT = """
 import importlib.util, json, sys
 import torch, torch.distributed as dist
-spec = importlib.util.spec_from_file_location("retrieval", sys.argv[1])
-retrieval = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(retrieval)
-assert "transformers" not in sys.modules and "trainers" not in sys.modules
+spec = importlib.util.spec_from_file_location("retrieval_core", sys.argv[1])
+core = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(core)
+assert "hf_vlp" not in sys.modules and "trainers" not in sys.modules
 rank = int(sys.argv[3])
 dist.init_process_group("gloo", init_method="file://" + sys.argv[2], rank=rank, world_size=2)
-local = torch.arange(rank + 2, dtype=torch.float32)[:, None].repeat(1, 3) + 10 * rank  # 2 rows, then 3 rows
-print(json.dumps(retrieval.gather_for_eval(local).tolist()))
+local = torch.arange(rank + 2, dtype=torch.float32)[:, None].repeat(1, 3 + rank) + 10 * rank  # 2x3, then 3x4
+plain = core.gather_varlen(local)
+leaf = local.clone().requires_grad_(True)
+gathered = core.gather_varlen(leaf, with_grad=True)
+gathered.sum().backward()
+print(json.dumps({"plain": plain.tolist(), "same": torch.equal(gathered.detach(), plain), "grad": leaf.grad.tolist()}))
 dist.destroy_process_group()
 """
 
 
-def test_gather_for_eval_variable_lengths_two_processes(tmp_path):
-    module_file = Path(__file__).resolve().parents[2] / "hf_vlp" / "retrieval.py"
+def test_gather_varlen_variable_shapes_two_processes(tmp_path):
+    module_file = Path(__file__).resolve().parents[2] / "hf_vlp" / "models" / "retrieval_core.py"
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", _GATHER_SCRIPT, str(module_file), str(tmp_path / "store"), str(rank)],
@@ -377,11 +381,16 @@ def test_gather_for_eval_variable_lengths_two_processes(tmp_path):
         )
         for rank in range(2)
     ]
-    outputs = [p.communicate(timeout=120) for p in procs]
+    outputs = [p.communicate(timeout=180) for p in procs]
     for p, (_, err) in zip(procs, outputs):
         assert p.returncode == 0, err
-    expected = [[0.0] * 3, [1.0] * 3, [10.0] * 3, [11.0] * 3, [12.0] * 3]
-    assert [json.loads(out) for out, _ in outputs] == [expected, expected]
+    results = [json.loads(out) for out, _ in outputs]
+    # Rank 0's 2 rows, then rank 1's 3; rank 0's 3 columns zero-padded to rank 1's 4.
+    expected = [[0.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 0.0], [10.0] * 4, [11.0] * 4, [12.0] * 4]
+    assert [result["plain"] for result in results] == [expected, expected]
+    assert all(result["same"] for result in results)
+    # With gradient: each rank's slice receives the gradient of both ranks' losses (1 + 1), padding none.
+    assert results[0]["grad"] == [[2.0] * 3] * 2 and results[1]["grad"] == [[2.0] * 4] * 3
 
 
 def test_recall_is_percent_and_finite():

@@ -101,7 +101,7 @@ class VLPCommonTests(ModelTesterMixin):
 
     def setUp(self):
         self.model_tester = VLPModelTester(self, self.config_class, **self.config_options)
-        common_properties = ["projection_dim" if self.config_class is DualEncoderConfig else "embed_dim"]
+        common_properties = ["projection_dim"]
         self.config_tester = ConfigTester(
             self, config_class=self.config_class, has_text_modality=False, common_properties=common_properties
         )
@@ -157,7 +157,7 @@ class DualEncoderModelTest(VLPCommonTests, unittest.TestCase):
 class FusionEncoderForRetrievalTest(VLPCommonTests, unittest.TestCase):
     all_model_classes = (FusionEncoderForRetrieval,)
     config_class = FusionEncoderConfig
-    config_options = {"embed_dim": 64, "num_fusion_layers": 2, "mask_token_id": 4, "special_token_ids": [0, 1, 2]}
+    config_options = {"projection_dim": 64, "num_fusion_layers": 2, "mask_token_id": 4, "special_token_ids": [0, 1, 2]}
     # This class's forward is the contrastive first stage: the cross encoders score pairs only in `rerank_scores`,
     # so its training loss gives them no gradient (they train in FusionEncoderForPreTraining).
     test_all_params_have_gradient = False
@@ -177,32 +177,16 @@ def seeded_forward(model_class, seed: int = 0):
         yield
 
 
-# Known failures fixed on branch `refactor` (issue 11 A3, A4); temporary until it is merged.
-KNOWN_FAILURES = {
-    "test_resize_tokens_embeddings": "A3: resize_token_embeddings does not resize the momentum copies (refactor)",
-    "test_eager_matches_sdpa_inference": "A4: forward rejects output_attentions/output_hidden_states (refactor)",
-    "test_can_capture_specific_layers_hidden_states": "A4: forward rejects output_hidden_states (refactor)",
-    "test_capture_outputs_decorator": "A4: forward rejects output_hidden_states (refactor)",
-    "test_model_outputs_equivalence": "A4: forward rejects output_hidden_states (refactor)",
-}
-
-
 class FusionEncoderForPreTrainingTest(VLPCommonTests, unittest.TestCase):
     all_model_classes = (FusionEncoderForPreTraining,)
     config_class = FusionEncoderConfig
     config_options = {
-        "embed_dim": 64,
+        "projection_dim": 64,
         "num_fusion_layers": 2,
         "mask_token_id": 4,
         "special_token_ids": [0, 1, 2],
         "queue_size": 48,
     }
-
-    def setUp(self):
-        super().setUp()
-        for prefix, reason in KNOWN_FAILURES.items():
-            if self._testMethodName.startswith(prefix):
-                pytest.xfail(reason)
 
     def test_determinism(self):
         with seeded_forward(FusionEncoderForPreTraining):

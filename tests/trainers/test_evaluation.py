@@ -1,5 +1,5 @@
 """`VLPTrainer.evaluate`: retrieval and zero-shot metrics equal a direct dense computation on the model's own
-embeddings (global and token-wise similarity, chunked), the optional re-ranking hook is applied both ways, and bad
+embeddings (global and token-wise similarity, chunked), a re-ranking model re-ranks both ways, and bad
 gallery images are counted without shifting the indices. The metric functions themselves are tested in
 tests/hf_vlp/test_retrieval.py."""
 
@@ -8,11 +8,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from hf_vlp.models.retrieval_core import RerankingModel
 from hf_vlp.retrieval import rerank_topk, retrieval_recall, retrieval_recall_from_topk, zero_shot_accuracy
 from tests.trainers.helpers import small_model, training_args
 from trainers import VLPTrainer, build_zero_shot_set
 from trainers.data import build_eval_gallery, demo_records
-from trainers.evaluation import _blockwise_topk, chance_recall
+from trainers.evaluation import chance_recall
 
 
 TOKEN_WISE = {"similarity": "token_wise", "token_reduction": "norm", "image_tokens_kept": 6, "text_tokens_kept": 6}
@@ -59,13 +60,13 @@ def test_retrieval_metrics_equal_the_dense_computation(tmp_path, small_processor
 
 
 class ReversingReranker(torch.nn.Module):
-    """Wraps a dual encoder and adds the re-ranking hook: the negated similarity, which reverses each top-k list."""
+    """Wraps a dual encoder and makes it a `RerankingModel`: the negated similarity, which reverses each top-k."""
 
     def __init__(self, model) -> None:
         super().__init__()
         self.model = model
         self.config = model.config
-        self.directions = set()
+        self.reranked_pairs = 0
 
     def encode_image(self, **kwargs):
         return self.model.encode_image(**kwargs)
@@ -76,18 +77,21 @@ class ReversingReranker(torch.nn.Module):
     def similarity(self, image, text):
         return self.model.similarity(image, text)
 
-    def rerank_scores(self, image, text, direction):
-        self.directions.add(direction)
+    def get_logit_scale(self):
+        return self.model.get_logit_scale()
+
+    def rerank_scores(self, image, text):
+        self.reranked_pairs += image.embeds.shape[0]
         return -(image.embeds * text.embeds).sum(-1)
 
 
-def test_rerank_hook_reorders_the_top_k_both_ways(tmp_path, small_processor, records):
+def test_a_reranking_model_reorders_the_top_k_both_ways(tmp_path, small_processor, records):
     gallery = build_eval_gallery(records)
     wrapper = ReversingReranker(small_model(seed=2))
     args = training_args(tmp_path, retrieval_topk=10, rerank_combine="cross", retrieval_chunk_size=5)
     trainer = VLPTrainer(model=wrapper, args=args, eval_dataset=gallery, processing_class=small_processor)
     metrics = _metrics(trainer)
-    assert wrapper.directions == {"i2t", "t2i"}
+    assert isinstance(wrapper, RerankingModel) and wrapper.reranked_pairs == (12 + 24) * 10  # top-10, both ways
 
     images, texts = _embeddings(wrapper.model, gallery, small_processor)
     sim = images.embeds @ texts.embeds.t()
@@ -148,13 +152,6 @@ def test_bad_gallery_images_are_counted_and_keep_their_slot(tmp_path, small_proc
     metrics = _metrics(trainer)
     assert metrics["eval_broken_num_bad_images"] == 1 and "eval_clean_num_bad_images" not in metrics
     assert metrics["eval_broken_num_images"] == metrics["eval_clean_num_images"] == 12
-
-
-def test_blockwise_topk_matches_a_stable_full_sort():
-    scores = torch.tensor([[1.0, 3.0, 3.0, 0.5, 3.0, 2.0, 2.0], [0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0]])
-    values, indices = _blockwise_topk(lambda start, stop: scores[:, start:stop], 7, k=4, chunk_size=3)
-    expected_values, expected_indices = scores.sort(dim=1, descending=True, stable=True)
-    assert torch.equal(values, expected_values[:, :4]) and torch.equal(indices, expected_indices[:, :4])
 
 
 def test_chance_recall_is_the_mean_of_random_rankings(records):

@@ -129,7 +129,7 @@ def _tiny_fusion():
         FusionEncoderConfig(
             text_config=config.text_config,
             vision_config=config.vision_config,
-            embed_dim=16,
+            projection_dim=16,
             num_fusion_layers=1,
             queue_size=8,
             fusion_hidden_dropout_prob=0.0,

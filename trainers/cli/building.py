@@ -33,6 +33,7 @@ def _processor_for_config(
     """A `VLPProcessor` matching a model config: the vision tower's image size (and mean/std when the tower's own
     image processor can be read), the given tokenizer."""
     from hf_vlp import VLPImageProcessor, VLPProcessor
+    from hf_vlp.models.processing_vlp import DEFAULT_MAX_LENGTH
 
     size = getattr(config.vision_config, "image_size", 224)
     size = size if isinstance(size, int) else size[0]
@@ -47,7 +48,7 @@ def _processor_for_config(
         for key in ("image_mean", "image_std"):
             if getattr(tower_processor, key, None) is not None:
                 kwargs[key] = list(getattr(tower_processor, key))
-    return VLPProcessor(VLPImageProcessor(**kwargs), tokenizer, max_length=max_length or 52)
+    return VLPProcessor(VLPImageProcessor(**kwargs), tokenizer, max_length=max_length or DEFAULT_MAX_LENGTH)
 
 
 def _load_model_config(model: str, remote: dict[str, Any], overrides: dict[str, Any]) -> Any:

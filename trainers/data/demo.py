@@ -22,6 +22,8 @@ from typing import Literal, NamedTuple
 import numpy as np
 from PIL import Image, ImageDraw
 
+from hf_vlp.demo_scenes import DEMO_COLOURS, DEMO_SHAPES
+
 
 __all__ = [
     "DEMO_COLOURS",
@@ -40,15 +42,6 @@ __all__ = [
     "render_scene",
 ]
 
-DEMO_SHAPES = ("圆形", "正方形", "三角形", "星形")
-# Far apart in RGB so colour is learnable from 64px pixels in both domains.
-DEMO_COLOURS = {
-    "红色": (220, 40, 40),
-    "绿色": (40, 170, 60),
-    "蓝色": (40, 80, 225),
-    "黄色": (240, 205, 30),
-    "紫色": (150, 60, 190),
-}
 DEMO_COUNTS = {1: "一个", 2: "两个", 3: "三个"}
 # Two-group scenes put the groups on opposite sides; each pair is listed in caption order.
 DEMO_LAYOUTS = (("左边", "右边"), ("上面", "下面"))
