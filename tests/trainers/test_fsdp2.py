@@ -5,13 +5,16 @@ Only the machine-specific keys are overridden on the `accelerate launch` command
 instead of bf16; without a GPU the processes run on the CPU over gloo — `--cpu` would make accelerate start one); the sharding settings (FSDP version 2, transformer-block wrapping, full state dict) are the
 file's. Batches are taken in order (`--train_sampling_strategy sequential`): two ranks of 4 then see the same 8 pairs
 per step as one process of 8, and the model gathers contrastive negatives across ranks, so the loss and the update are
-the same. If this torch cannot run FSDP2 on CPU, the test skips with the launcher's own error.
+the same. A probe launched with the same config first asks accelerate what it set up; where that is not FSDP over two
+processes (on a GPU-less machine accelerate 1.x reports `DistributedType.NO` with one process per rank: the ranks
+would train unsharded on duplicated batches), the test skips with what accelerate reported.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -69,14 +72,32 @@ def _losses(output_dir: Path) -> list[float]:
     return [entry["loss"] for entry in state["log_history"] if "loss" in entry]
 
 
+PROBE = """
+from accelerate import PartialState
+state = PartialState()
+print(f"STATE {state.distributed_type} {state.num_processes}", flush=True)
+"""
+
+
+def _launch(script_args: list[str], env: dict, cwd: Path) -> subprocess.CompletedProcess:
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(CONFIG),
+        "--num_processes",
+        "2",
+        "--mixed_precision",
+        "no",
+        "--main_process_port",
+        "0",
+        *script_args,
+    ]
+    return subprocess.run(command, env=env, cwd=cwd, capture_output=True, text=True, timeout=900)
+
+
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="open finding (2026-12-01): the launch runs FSDP2 on 2 CPU ranks and gathers negatives across them (loss "
-    "= ln 8 as with one process), but each rank iterates the whole training set (epoch += 4/24 per step, TrainingArguments "
-    "warns parallel_mode != DISTRIBUTED without a GPU), so the ranks train on duplicated batches and the weights end "
-    "~6e-3 away from one process's after 3 steps",
-)
 def test_fsdp2_on_two_cpu_processes_matches_one_process(tmp_path):
     from tests.trainers.helpers import small_config
     from trainers.data import generate_demo_dataset
@@ -85,6 +106,16 @@ def test_fsdp2_on_two_cpu_processes_matches_one_process(tmp_path):
     model_config = tmp_path / "config.json"
     small_config().to_json_file(model_config)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+
+    probe = tmp_path / "probe.py"
+    probe.write_text(PROBE, encoding="utf-8")
+    state = _launch([str(probe)], env, tmp_path)
+    states = sorted(set(re.findall(r"STATE (\S+) (\d+)", state.stdout)))  # the two ranks' lines may interleave
+    if state.returncode != 0 or states != [("DistributedType.FSDP", "2")]:
+        error = (state.stderr.strip().splitlines() or ["no error output"])[-1] if state.returncode else ""
+        pytest.skip(
+            f"accelerate cannot run the FSDP2 config here (torch {torch.__version__}): {states} {error}".strip()
+        )
 
     single = tmp_path / "single"
     one = subprocess.run(
@@ -98,28 +129,10 @@ def test_fsdp2_on_two_cpu_processes_matches_one_process(tmp_path):
     assert one.returncode == 0, one.stderr[-4000:]
 
     sharded = tmp_path / "fsdp2"
-    launch = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--config_file",
-        str(CONFIG),
-        "--num_processes",
-        "2",
-        "--mixed_precision",
-        "no",
-        "--main_process_port",
-        "0",
-        "-m",
-        "trainers.cli",
-        *_pretrain_args(model_config, tmp_path / "data" / "train", sharded, 4),
-    ]
-    two = subprocess.run(launch, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900)
-    if two.returncode != 0:
-        errors = [line for line in two.stderr.splitlines() if "Error" in line]
-        if any("fsdp" in line.lower() or "cpu" in line.lower() or "gloo" in line.lower() for line in errors):
-            pytest.skip(f"FSDP2 on CPU is not available with torch {torch.__version__}: {errors[-1].strip()}")
-        raise AssertionError(two.stderr[-4000:])
+    two = _launch(
+        ["-m", "trainers.cli", *_pretrain_args(model_config, tmp_path / "data" / "train", sharded, 4)], env, tmp_path
+    )
+    assert two.returncode == 0, two.stderr[-4000:]
 
     ours = load_file(sharded / "model" / "model.safetensors")
     reference = load_file(single / "model" / "model.safetensors")
