@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from trainers import cli
+from trainers.cli.errors import UserError
 
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,9 +51,9 @@ def test_recipe_values_are_defaults_that_flags_override(tmp_path):
     assert data_args.train_dir == "x" and job_args.recipe == str(recipe)
 
     recipe.write_text("preset: tiny\nlearning_rat: 1.0\n", encoding="utf-8")
-    with pytest.raises(SystemExit, match="learning_rat"):
+    with pytest.raises(UserError, match="learning_rat"):
         cli.parse_job_args(["--recipe", str(recipe)], "hf-vlp test", "test")
-    with pytest.raises(SystemExit, match="demo"):
+    with pytest.raises(UserError, match="demo"):
         cli.parse_job_args(["--recipe", "no-such-recipe"], "hf-vlp test", "test")
 
 

@@ -15,6 +15,7 @@ from tests.trainers.helpers import small_model, training_args
 from trainers import VLPTrainer
 from trainers.arguments import DataArguments
 from trainers.cli import build_eval_sets, build_train_dataset
+from trainers.cli.errors import UserError
 from trainers.data import ImageTextDataset, StreamingImageTextDataset, demo_records
 
 
@@ -53,7 +54,7 @@ def test_chinese_clip_tsv_and_texts(tmp_path, records):
     (tmp_path / "valid_texts.jsonl").write_text("\n".join(json.dumps(q, ensure_ascii=False) for q in queries))
     gallery, zero_shot = build_eval_sets(DataArguments(eval_file=str(tmp_path / "valid_imgs.tsv")))
     assert gallery.texts == ["红色", "圆形"] and gallery.txt2imgs == [[0, 1], [2]] and zero_shot is None
-    with pytest.raises(SystemExit, match="texts.jsonl"):
+    with pytest.raises(UserError, match="texts.jsonl"):
         build_eval_sets(DataArguments(eval_file=str(tmp_path / "other_imgs.tsv")))
 
 

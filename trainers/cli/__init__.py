@@ -22,11 +22,13 @@ The names below are re-exported so that other subcommands reuse them (`from trai
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from .building import build_model_and_processor
+from .errors import DEBUG_ENV, debug_enabled, report, user_errors
 from .evaluate import evaluate_main
 from .jobs import build_trainer, eval_name, prepare_job, resume_value
 from .parsing import RECIPES_DIR, load_recipe, parse_job_args, setup_logging
@@ -89,8 +91,12 @@ def _usage() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Console entry point of `hf-vlp`."""
+    """Console entry point of `hf-vlp`: a user's mistake is one line on stderr and exit status 2 (usage) or 1
+    (runtime), never a traceback (see `errors`); `--debug` (anywhere) or `HF_VLP_DEBUG=1` shows the traceback."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if "--debug" in argv:
+        argv = [arg for arg in argv if arg != "--debug"]
+        os.environ[DEBUG_ENV] = "1"
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
         return 0 if argv else 2
@@ -103,7 +109,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command is None:
         print(f"hf-vlp: unknown command {argv[0]!r}\n\n{_usage()}", file=sys.stderr)
         return 2
-    return command.run(argv[1:])
+    try:
+        return command.run(argv[1:])
+    except Exception as error:
+        if debug_enabled() or not isinstance(error, user_errors()):
+            raise
+        return report(f"hf-vlp {command.name}", error)
 
 
 register_subcommand("pretrain", pretrain_main, "Pre-train (or continue training) an image-text model.")

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
 
-__all__ = ["DEFAULT_MAX_LENGTH", "build_model_and_processor", "text_positions"]
+__all__ = ["build_model_and_processor", "default_text_length", "text_positions"]
+
+from .checks import check_model_path
+from .errors import RUNTIME, USAGE, UserError, check_max_length
+
 
 logger = logging.getLogger(__name__)
-
-# Chinese-CLIP's context length: the default text length, unless the text tower has fewer positions.
-DEFAULT_MAX_LENGTH = 52
 
 
 def _config_overrides(model_args: Any) -> dict[str, Any]:
@@ -21,7 +23,7 @@ def _config_overrides(model_args: Any) -> dict[str, Any]:
         return {}
     overrides = json.loads(model_args.config_overrides)
     if not isinstance(overrides, dict):
-        raise SystemExit("hf-vlp: --config-overrides must be a JSON object")
+        raise UserError("--config-overrides must be a JSON object", USAGE)
     return overrides
 
 
@@ -47,6 +49,24 @@ def _processor_for_config(
             if getattr(tower_processor, key, None) is not None:
                 kwargs[key] = list(getattr(tower_processor, key))
     return VLPProcessor(VLPImageProcessor(**kwargs), tokenizer, max_length=max_length or DEFAULT_MAX_LENGTH)
+
+
+def _load_model_config(model: str, remote: dict[str, Any], overrides: dict[str, Any]) -> Any:
+    """The config of `--model`: a folder, or a Hub id. A value that looks like a path is never looked up on the Hub,
+    and a Hub id that cannot be loaded is one line naming both readings."""
+    from transformers import AutoConfig
+
+    check_model_path(model)
+    local = os.path.expanduser(model)
+    try:
+        return AutoConfig.from_pretrained(local if os.path.isdir(local) else model, **remote, **overrides)
+    except OSError as error:
+        if os.path.isdir(local):
+            raise
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise UserError(
+            f"--model {model}: not a local folder, and not loadable as a Hub id: {reason}", RUNTIME
+        ) from error
 
 
 def _model_class(config: Any, pretraining: bool) -> Any:
@@ -78,7 +98,7 @@ def build_model_and_processor(model_args: Any, pretraining: bool = False) -> tup
     if model_args.model:
         logger.info("Loading model %s", model_args.model)
         remote = {"trust_remote_code": model_args.trust_remote_code, **hub}
-        config = AutoConfig.from_pretrained(model_args.model, **remote, **overrides)
+        config = _load_model_config(model_args.model, remote, overrides)
         model = _model_class(config, pretraining).from_pretrained(model_args.model, config=config, **remote)
         if model_args.tokenizer:
             processor = _processor_for_config(model.config, load_tokenizer(model_args.tokenizer, **hub), None)
@@ -97,7 +117,7 @@ def build_model_and_processor(model_args: Any, pretraining: bool = False) -> tup
         processor = _processor_for_config(config, tokenizer, None)
     elif model_args.text_model or model_args.vision_model:
         if not (model_args.text_model and model_args.vision_model):
-            raise SystemExit("hf-vlp: --text-model and --vision-model go together")
+            raise UserError("--text-model and --vision-model go together", USAGE)
         model = DualEncoderModel.from_vision_text_pretrained(
             model_args.vision_model, model_args.text_model, hub_kwargs=hub, **overrides
         )
@@ -108,10 +128,9 @@ def build_model_and_processor(model_args: Any, pretraining: bool = False) -> tup
         model = _model_class(config, pretraining).from_config(config)
         processor = processor_for_preset(model_args.preset, tokenizer=model_args.tokenizer)
     else:
-        raise SystemExit(
-            "hf-vlp: choose a model with --preset, --model-config, --model, or --text-model/--vision-model"
-        )
-    processor.max_length = _text_length(model.config, model_args.max_length, processor.max_length)
+        raise UserError("choose a model with --preset, --model-config, --model, or --text-model/--vision-model", USAGE)
+    check_max_length(model.config, model_args.max_length)
+    processor.max_length = model_args.max_length or default_text_length(model.config, processor.max_length)
     return model, processor
 
 
@@ -127,19 +146,12 @@ def text_positions(config: Any) -> int | None:
     return positions
 
 
-def _text_length(config: Any, requested: int | None, processor_default: int | None) -> int:
-    """The text length to tokenise to: `--max-length` if the tower can embed it, else min(default, positions).
+def default_text_length(config: Any, processor_default: int | None) -> int:
+    """The text length when `--max-length` is not given: the processor's (52 for a new model), capped at the text
+    tower's positions. Chinese-CLIP's 52 on a tower with 32 positions would fail at step 0 with an index error deep
+    inside its embedding layer."""
+    from hf_vlp.models.processing_vlp import DEFAULT_MAX_LENGTH
 
-    A longer explicit value is refused here, before any data is read: the tower would fail at step 0 with an index
-    error deep inside its embedding layer.
-    """
     positions = text_positions(config)
-    if requested is not None:
-        if positions is not None and requested > positions:
-            raise SystemExit(
-                f"hf-vlp: --max-length {requested} is longer than the text tower's {positions} positions; "
-                f"use --max-length {positions} or less"
-            )
-        return requested
     default = processor_default or DEFAULT_MAX_LENGTH
     return min(default, positions) if positions is not None else default

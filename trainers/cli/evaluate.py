@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from .building import build_model_and_processor
+from .errors import USAGE, UserError
 from .jobs import log_summary, prepare_job
 from .sources import build_eval_sets, preset_image_size, resolve_demo
 
@@ -23,9 +24,7 @@ def evaluate_main(argv: Sequence[str]) -> int:
     model, processor = build_model_and_processor(model_args)
     gallery, zero_shot = build_eval_sets(data_args)
     if gallery is None and zero_shot is None:
-        raise SystemExit(
-            "hf-vlp evaluate: no evaluation data (--eval-dir, --eval-file, --dataset with --eval-split, or --demo)"
-        )
+        raise UserError("no evaluation data (--eval-dir, --eval-file, --dataset with --eval-split, or --demo)", USAGE)
     trainer = VLPTrainer(
         model=model,
         args=training_args,

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from .building import build_model_and_processor
+from .errors import USAGE, UserError
 from .jobs import build_trainer, eval_name, prepare_job, resume_value
 from .sources import resolve_demo
 
@@ -175,12 +176,7 @@ def finetune_main(argv: Sequence[str]) -> int:
     from hf_vlp.adapters import merge_adapter
 
     if not model_args.model:
-        raise SystemExit("hf-vlp finetune: --model DIR_OR_HUB_ID (the pre-trained model to adapt) is required")
-    if model_args.model.startswith((".", "/", "~")) and not os.path.isdir(os.path.expanduser(model_args.model)):
-        raise SystemExit(
-            f"hf-vlp finetune: no model folder at {model_args.model} (the demo's base is written by "
-            "`hf-vlp pretrain --recipe demo`)"
-        )
+        raise UserError("--model DIR_OR_HUB_ID (the pre-trained model to adapt) is required", USAGE)
     set_seed(training_args.seed)
     model, processor = build_model_and_processor(model_args, pretraining=True)
     peft_config = build_peft_config(model, finetune_args, revision=model_args.revision)

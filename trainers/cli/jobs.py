@@ -3,15 +3,26 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .checks import check_job_args
+from .errors import USAGE, UserError
 from .parsing import parse_job_args, setup_logging
 from .sources import build_eval_sets, build_train_dataset
 
 
-__all__ = ["build_trainer", "eval_name", "log_summary", "prepare_job", "resume_value"]
+__all__ = [
+    "MAX_STEPS_ENV",
+    "build_trainer",
+    "eval_name",
+    "log_summary",
+    "prepare_job",
+    "resume_value",
+    "shrink_max_steps",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -23,10 +34,24 @@ def resume_value(value: str | None) -> str | bool | None:
     return True if value.lower() in ("true", "latest", "last") else value
 
 
+MAX_STEPS_ENV = "HF_VLP_MAX_STEPS"
+
+
+def shrink_max_steps(training_args: Any) -> None:
+    """Cap `max_steps` at `$HF_VLP_MAX_STEPS` when set: the README test runs the documented commands as written,
+    only shorter (checkpoints are still written: the Trainer saves at the last step)."""
+    cap = os.environ.get(MAX_STEPS_ENV)
+    if cap:
+        steps = training_args.max_steps
+        training_args.max_steps = int(cap) if steps is None or steps <= 0 else min(steps, int(cap))
+
+
 def prepare_job(argv: Sequence[str], prog: str, description: str, extra: Sequence[type] = ()) -> tuple:
     """Parse a job's arguments (see `parse_job_args`), set up logging and the CPU thread count."""
     parsed = parse_job_args(argv, prog, description, extra=extra)
     training_args, job_args = parsed[2], parsed[3]
+    check_job_args(*parsed[:3])
+    shrink_max_steps(training_args)
     setup_logging(training_args)
     if job_args.torch_threads:
         import torch
@@ -46,7 +71,7 @@ def build_trainer(
 
     train_dataset = build_train_dataset(data_args, seed=training_args.seed)
     if train_dataset is None:
-        raise SystemExit(f"{prog}: no training data (--train-dir, --train-file, --dataset, --train-shards or --demo)")
+        raise UserError("no training data (--train-dir, --train-file, --dataset, --train-shards or --demo)", USAGE)
     gallery, zero_shot = build_eval_sets(data_args)
     trainer = VLPTrainer(
         model=model,

@@ -19,8 +19,18 @@ from typing import Any
 
 import yaml
 
+from .errors import USAGE, UserError, closest_names
 
-__all__ = ["RECIPES_DIR", "default_num_workers", "load_recipe", "parse_job_args", "setup_logging"]
+
+__all__ = [
+    "RECIPES_DIR",
+    "HelpFormatter",
+    "default_num_workers",
+    "load_recipe",
+    "organise_help",
+    "parse_job_args",
+    "setup_logging",
+]
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 
@@ -33,11 +43,12 @@ def load_recipe(name_or_path: str) -> dict[str, Any]:
         path = next((candidate for candidate in candidates if candidate.is_file()), None)
         if path is None:
             available = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml") if not p.stem.startswith("accelerate_"))
-            raise SystemExit(f"hf-vlp: no recipe {name_or_path!r}; built-in recipes: {', '.join(available)}")
+            hint = closest_names(name_or_path, available) or f"built-in recipes: {', '.join(available)}"
+            raise UserError(f"no recipe {name_or_path!r} (neither a file nor a built-in recipe); {hint}", USAGE)
     with open(path, encoding="utf-8") as handle:
         values = json.load(handle) if path.suffix == ".json" else yaml.safe_load(handle)
     if not isinstance(values, dict):
-        raise SystemExit(f"hf-vlp: recipe {path} must hold a mapping of argument names to values")
+        raise UserError(f"recipe {path} must hold a mapping of argument names to values", USAGE)
     return {key.replace("-", "_"): value for key, value in values.items()}
 
 
@@ -61,19 +72,24 @@ def parse_job_args(argv: Sequence[str], prog: str, description: str, extra: Sequ
     from ..arguments import DataArguments, JobArguments, ModelArguments, VLPTrainingArguments
 
     classes = (ModelArguments, DataArguments, VLPTrainingArguments, JobArguments, *extra)
-    parser = HfArgumentParser(classes, prog=prog, description=description)
-    # Decode images outside the training process by default: in-process decoding made a step ~2x slower than
-    # the same step on ready tensors (benchmarks/bench_quality.py, the workers_0 row).
+    parser = HfArgumentParser(classes, prog=prog, description=description, formatter_class=HelpFormatter)
+    # Decode images outside the training process by default: decoding in it puts image decoding and resizing on the
+    # step's critical path (the stock default, 0 workers).
     parser.set_defaults(dataloader_num_workers=default_num_workers())
-    pre = argparse.ArgumentParser(add_help=False)
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     pre.add_argument("--recipe")
+    pre.add_argument("--help-all", action="store_true")
     known, _ = pre.parse_known_args(argv)
+    organise_help(parser, classes, show_training_arguments=known.help_all)
+    if known.help_all:
+        parser.print_help()
+        raise SystemExit(0)
     if known.recipe:
         recipe = load_recipe(known.recipe)
         fields = {field.name for cls in classes for field in dataclasses.fields(cls) if field.init}
         unknown = sorted(set(recipe) - fields)
         if unknown:
-            raise SystemExit(f"hf-vlp: unknown keys in recipe {known.recipe!r}: {', '.join(unknown)}")
+            raise UserError(f"unknown keys in recipe {known.recipe!r}: {', '.join(unknown)}", USAGE)
         parser.set_defaults(
             **{
                 key: json.dumps(value) if key == "config_overrides" and isinstance(value, dict) else value
@@ -81,6 +97,62 @@ def parse_job_args(argv: Sequence[str], prog: str, description: str, extra: Sequ
             }
         )
     return parser.parse_args_into_dataclasses(args=list(argv), look_for_args_file=False)
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Defaults appended as `(default: X)`, except when there is none to tell (None) or the help already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or "default" in (action.help or "") or action.default is argparse.SUPPRESS:
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
+def _dashed_first(action: argparse.Action) -> None:
+    """`--train-dir, --train_dir`: hf-vlp's own flags are written with dashes (as in the README)."""
+    action.option_strings.sort(key=lambda option: "_" in option)
+
+
+def organise_help(parser: argparse.ArgumentParser, classes: Sequence[type], show_training_arguments: bool) -> None:
+    """Group `--help` for humans: hf-vlp's model, data, trainer and job flags first (with dashes), then
+    `transformers.TrainingArguments` under its own heading, listed only with `--help-all` (there are ~120).
+
+    `classes` are the parsed dataclasses in `parse_job_args` order (model, data, training, job, extras).
+    """
+    from transformers import TrainingArguments
+
+    inherited = {field.name for field in dataclasses.fields(TrainingArguments)}
+    titles = ["model", "data", "trainer (hf-vlp)", "recipe and job"] + [cls.__name__ for cls in classes[4:]]
+    display_order = [3, 0, 1, 2, *range(4, len(classes))]  # the recipe first: it sets most of the rest
+    created = {index: parser.add_argument_group(titles[index]) for index in display_order}
+    groups = [created[index] for index in range(len(classes))]
+    training = parser.add_argument_group(
+        "transformers.TrainingArguments",
+        "Every TrainingArguments flag works (--learning_rate, --per_device_train_batch_size, --bf16, --report_to, "
+        "--resume_from_checkpoint latest, --deepspeed ...)"
+        + ("." if show_training_arguments else "; `--help-all` lists them."),
+    )
+    owner = {}
+    for index, cls in enumerate(classes):
+        for field in dataclasses.fields(cls):
+            owner.setdefault(field.name, training if index == 2 and field.name in inherited else groups[index])
+    options = next(group for group in parser._action_groups if group.title in ("options", "optional arguments"))
+    for action in list(options._group_actions):
+        group = owner.get(action.dest)
+        if group is None:
+            continue
+        options._group_actions.remove(action)
+        group._group_actions.append(action)
+        if group is training:
+            if not show_training_arguments:
+                action.help = argparse.SUPPRESS
+            continue
+        _dashed_first(action)
+        if any(option.startswith("--no") for option in action.option_strings) and action.const is False:
+            action.help = f"Turn off {action.option_strings[0].replace('--no-', '--', 1)}."
+    parser.usage = (
+        f"{parser.prog} [--recipe NAME_OR_PATH] [model flags] [data flags] [trainer flags] [TrainingArguments flags]"
+    )
 
 
 def setup_logging(training_args: Any) -> None:

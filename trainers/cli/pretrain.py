@@ -6,6 +6,7 @@ import logging
 import os
 import shutil
 from collections.abc import Sequence
+from pathlib import Path
 
 from .building import build_model_and_processor
 from .jobs import build_trainer, eval_name, log_summary, prepare_job, resume_value
@@ -26,6 +27,7 @@ def pretrain_main(argv: Sequence[str]) -> int:
     )
     demo_eval = resolve_demo(data_args, preset_image_size(model_args), training_args.seed)
     from transformers import set_seed
+    from transformers.trainer import TRAINING_ARGS_NAME
 
     from hf_vlp.model_card import write_model_card
 
@@ -35,6 +37,10 @@ def pretrain_main(argv: Sequence[str]) -> int:
     result = trainer.train(resume_from_checkpoint=resume_value(training_args.resume_from_checkpoint))
     model_dir = os.path.join(training_args.output_dir, FINAL_MODEL_SUBDIR)
     trainer.save_model(model_dir)
+    if trainer.is_world_process_zero():
+        # `save_model` also pickles the TrainingArguments there; the Hub-ready folder holds no pickle (they live in
+        # the checkpoints, where resuming reads them).
+        Path(model_dir, TRAINING_ARGS_NAME).unlink(missing_ok=True)
     trainer.log_metrics("train", result.metrics)
     trainer.save_metrics("train", result.metrics)
     trainer.save_state()

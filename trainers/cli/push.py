@@ -7,6 +7,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from .errors import RUNTIME, UserError
+
 
 __all__ = ["push_main", "push_space_main"]
 
@@ -39,6 +41,10 @@ def push_main(argv: Sequence[str]) -> int:
         "adapter_config.json (and to the card when push renders one, i.e. when the folder has none)",
     )
     args = parser.parse_args(list(argv))
+    from huggingface_hub import get_token
+
+    if not get_token():  # before any network call: without a token every step after `validate` fails obscurely
+        raise UserError("no Hugging Face token: set HF_TOKEN or run `hf auth login`", RUNTIME)
 
     from hf_vlp.hub import HubPushError, push_model_folder
 

@@ -19,6 +19,10 @@ from typing import Any
 
 __all__ = ["build_eval_sets", "build_train_dataset", "demo_data_dir", "preset_image_size", "resolve_demo"]
 
+from .checks import data_error
+from .errors import RUNTIME, UserError
+
+
 logger = logging.getLogger(__name__)
 
 
@@ -87,7 +91,7 @@ def preset_image_size(model_args: Any) -> int:
 def _chinese_clip_texts(images_tsv: str) -> str:
     texts = images_tsv[: -len("_imgs.tsv")] + "_texts.jsonl" if images_tsv.endswith("_imgs.tsv") else None
     if texts is None or not os.path.isfile(texts):
-        raise SystemExit(f"hf-vlp: a Chinese-CLIP image TSV needs its <split>_texts.jsonl next to it: {images_tsv}")
+        raise UserError(f"a Chinese-CLIP image TSV needs its <split>_texts.jsonl next to it: {images_tsv}", RUNTIME)
     return texts
 
 
@@ -164,6 +168,38 @@ def _hf_records(dataset: Any, data_args: Any) -> Any:
     )
 
 
+def _reading(read: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """`read(*args, **kwargs)`, with a missing column turned into a `UserError` naming the flag to pass."""
+    from trainers.data import MissingColumnError
+
+    try:
+        return read(*args, **kwargs)
+    except MissingColumnError as error:
+        raise data_error(error) from error
+
+
+def _usable(record: dict) -> bool:
+    """A record that has a caption and, for a local image path, an existing file (what the dataset would keep)."""
+    from trainers.data.dataset import clean_captions
+
+    image = record.get("image")
+    local_missing = isinstance(image, str) and "://" not in image and not os.path.isfile(image)
+    return bool(clean_captions(record.get("text"))) and not local_missing
+
+
+def _require_records(records: Sequence[dict], source: str, what: str) -> None:
+    """Refuse a data source of which nothing would be trained on / evaluated (stops at the first usable record)."""
+    if len(records) == 0:
+        raise UserError(f"no {what} pairs in {source} (no rows, or --max-*-samples 0)", RUNTIME)
+    if not isinstance(records, list) or any(_usable(record) for record in records):
+        return
+    raise UserError(
+        f"no usable {what} pairs in {source}: all {len(records)} rows lack an image file or a caption "
+        "(file_name paths are relative to the metadata file)",
+        RUNTIME,
+    )
+
+
 def build_train_dataset(data_args: Any, seed: int = 0) -> Any:
     """The training dataset: map-style over records, or streaming over shards (None when no source is given)."""
     from trainers.data import ImageTextDataset, StreamingImageTextDataset
@@ -184,15 +220,16 @@ def build_train_dataset(data_args: Any, seed: int = 0) -> Any:
             id_column=data_args.id_column,
         )
     if data_args.train_dir:
-        records = _read_folder_records(data_args.train_dir, data_args)
+        records = _reading(_read_folder_records, data_args.train_dir, data_args)
     elif data_args.train_file:
-        records = _read_file_records(data_args.train_file, data_args)
+        records = _reading(_read_file_records, data_args.train_file, data_args)
     elif data_args.dataset:
-        records = _hf_records(_load_hf_dataset(data_args, data_args.train_split), data_args)
+        records = _reading(_hf_records, _load_hf_dataset(data_args, data_args.train_split), data_args)
     else:
         return None
     if data_args.max_train_samples is not None:
         records = [records[index] for index in range(min(data_args.max_train_samples, len(records)))]
+    _require_records(records, data_args.train_dir or data_args.train_file or data_args.dataset, "training")
     return ImageTextDataset(records, caption_strategy=data_args.caption_strategy, seed=seed)
 
 
@@ -204,9 +241,9 @@ def build_eval_sets(data_args: Any) -> tuple[Any, Any]:
 
     label = data_args.label_column
     if data_args.eval_dir:
-        records = _with_labels(_read_folder_records, data_args.eval_dir, data_args)
+        records = _reading(_with_labels, _read_folder_records, data_args.eval_dir, data_args)
     elif data_args.eval_file:
-        records = _with_labels(_read_file_records, data_args.eval_file, data_args)
+        records = _reading(_with_labels, _read_file_records, data_args.eval_file, data_args)
     elif data_args.dataset and data_args.eval_split:
         dataset = _load_hf_dataset(data_args, data_args.eval_split)
         records = list(_hf_records(dataset, data_args))
@@ -218,6 +255,7 @@ def build_eval_sets(data_args: Any) -> tuple[Any, Any]:
         return None, None
     if data_args.max_eval_samples is not None:
         records = records[: data_args.max_eval_samples]
+    _require_records(records, data_args.eval_dir or data_args.eval_file or data_args.dataset, "evaluation")
     zero_shot = None
     if label:
         from hf_vlp.zero_shot import resolve_zero_shot_protocol

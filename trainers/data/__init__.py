@@ -3,7 +3,7 @@
 Independent of the model side: nothing here imports `hf_vlp`.
 """
 
-from .bad_samples import BadSampleCounter, BadSampleError, BadSampleReason, DataFormatError
+from .bad_samples import BadSampleCounter, BadSampleError, BadSampleReason, DataFormatError, MissingColumnError
 from .collator import SIDE_CHANNEL_KEYS, ImageTextCollator, stable_image_hash
 from .dataset import (
     CaptionStrategy,
@@ -44,6 +44,7 @@ __all__ = [
     "BadSampleReason",
     "CaptionStrategy",
     "DataFormatError",
+    "MissingColumnError",
     "DemoGroup",
     "DemoSceneSpec",
     "DemoZeroShotTask",

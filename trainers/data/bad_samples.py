@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Sequence
 from typing import Literal
 
 
-__all__ = ["BadSampleCounter", "BadSampleError", "BadSampleReason", "DataFormatError"]
+__all__ = ["BadSampleCounter", "BadSampleError", "BadSampleReason", "DataFormatError", "MissingColumnError"]
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +32,16 @@ BadSampleReason = Literal[
 
 class DataFormatError(ValueError):
     """A data source is configured wrongly (missing metadata file, unknown column, unknown shard type)."""
+
+
+class MissingColumnError(DataFormatError):
+    """A requested column is not in a data source; `argument` names the reader argument that asked for it."""
+
+    def __init__(self, column: str, argument: str, source: str, available: Sequence[str]) -> None:
+        super().__init__(
+            f"Column {column!r} (from {argument}=) not found in {source}; available columns: {sorted(available)}"
+        )
+        self.column, self.argument, self.source, self.available = column, argument, source, list(available)
 
 
 class BadSampleError(Exception):

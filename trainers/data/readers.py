@@ -21,7 +21,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from .bad_samples import BadSampleCounter, DataFormatError
+from .bad_samples import BadSampleCounter, DataFormatError, MissingColumnError
 from .images import TSVImageRef
 
 
@@ -70,9 +70,7 @@ def _require_columns(available: Sequence[str], required: Mapping[str, str | None
     """Raise a `DataFormatError` naming the first missing column, the argument that asked for it, and the source."""
     for argument, column in required.items():
         if column is not None and column not in available:
-            raise DataFormatError(
-                f"Column {column!r} (from {argument}=) not found in {source}; available columns: {sorted(available)}"
-            )
+            raise MissingColumnError(column, argument, source, available)
 
 
 def _parse_caption_list(value: Any) -> list[str] | None:

@@ -1,0 +1,175 @@
+"""First contact: every listed user mistake costs one line on stderr naming the fix, exit status 2 (usage) or 1
+(runtime), and no traceback unless `--debug` / `HF_VLP_DEBUG=1` asks for it.
+
+Each mistake runs `hf-vlp` in its own subprocess, as a user would; every check runs before a model is built or data
+is read, so a run costs little more than the interpreter's start-up.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from trainers.cli.errors import RUNTIME, USAGE, UserError, check_max_length
+from trainers.cli.errors import looks_like_path as path_like
+
+
+CAPTION = "左边是一个红色的圆形"
+
+
+def _folder(root: Path, name: str, rows: list[dict] | None, images: tuple[str, ...] = ()) -> str:
+    folder = root / name
+    folder.mkdir()
+    for image in images:
+        Image.new("RGB", (8, 8), (255, 0, 0)).save(folder / image)
+    if rows is not None:
+        (folder / "metadata.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def busy_port():
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        yield server.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def mistakes(tmp_path_factory, busy_port):
+    """`run(case) -> (exit status, stderr)`: one `hf-vlp` run per mistake, in a fresh process as a user runs it."""
+    root = tmp_path_factory.mktemp("mistakes")
+    good = _folder(root, "good", [{"file_name": "a.png", "text": CAPTION}], ("a.png",))
+    cases = {
+        "missing_train_dir": (["pretrain", "--preset", "tiny", "--train-dir", str(root / "nonexistent")], {}),
+        "caption_column": (
+            [
+                "pretrain",
+                "--preset",
+                "tiny",
+                "--train-dir",
+                _folder(root, "cap", [{"file_name": "a.png", "caption": CAPTION}], ("a.png",)),
+            ],
+            {},
+        ),
+        "missing_model_path": (["evaluate", "--model", str(root / "nonexistent"), "--eval-dir", good], {}),
+        "no_token": (["push", good, "--repo-id", "me/model"], {"HF_TOKEN": "", "HF_HOME": str(root / "hf_home")}),
+        "misspelt_preset": (["pretrain", "--preset", "tinyy", "--train-dir", good], {}),
+        "misspelt_recipe": (["pretrain", "--recipe", "dmeo"], {}),
+        "no_images": (["pretrain", "--preset", "tiny", "--train-dir", _folder(root, "empty", None)], {}),
+        "empty_after_filtering": (
+            [
+                "pretrain",
+                "--preset",
+                "tiny",
+                "--train-dir",
+                _folder(root, "gone", [{"file_name": "gone.png", "text": CAPTION}]),
+            ],
+            {},
+        ),
+        "grad_cache_with_fsdp": (
+            ["pretrain", "--preset", "tiny", "--train-dir", good, "--grad-cache-chunk-size", "4"],
+            {"ACCELERATE_USE_FSDP": "true"},
+        ),
+        "resume_without_checkpoint": (
+            [
+                "pretrain",
+                "--preset",
+                "tiny",
+                "--train-dir",
+                good,
+                "--resume_from_checkpoint",
+                "latest",
+                "--output_dir",
+                str(root / "run"),
+            ],
+            {},
+        ),
+        "port_in_use": (["demo", "--port", str(busy_port)], {}),
+        "max_length_too_long": (["pretrain", "--preset", "tiny", "--train-dir", good, "--max-length", "1000"], {}),
+        "debug_shows_traceback": (
+            ["pretrain", "--preset", "tiny", "--train-dir", str(root / "nonexistent"), "--debug"],
+            {},
+        ),
+    }
+    base = {**os.environ, "HF_VLP_CACHE": str(root / "cache"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    base.pop("HF_VLP_DEBUG", None)
+
+    def run(name: str) -> tuple[int, str]:
+        argv, env = cases[name]
+        result = subprocess.run(
+            [sys.executable, "-m", "trainers.cli", *argv],
+            cwd=root,
+            env={**base, **env},
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        return result.returncode, result.stderr
+
+    return run
+
+
+@pytest.mark.parametrize(
+    ("case", "status", "expected"),
+    [
+        ("missing_train_dir", RUNTIME, "--train-dir .*nonexistent: the folder does not exist"),
+        ("caption_column", RUNTIME, "no 'text' column .*pass --text-column caption"),
+        ("missing_model_path", RUNTIME, "--model .*nonexistent: the folder does not exist"),
+        ("no_token", RUNTIME, r"no Hugging Face token: set HF_TOKEN or run `hf auth login`"),
+        ("misspelt_preset", USAGE, "no preset 'tinyy'; did you mean tiny"),
+        ("misspelt_recipe", USAGE, "no recipe 'dmeo' .*did you mean demo"),
+        ("no_images", RUNTIME, "no images and no metadata.jsonl"),
+        ("empty_after_filtering", RUNTIME, "no usable training pairs .*lack an image file or a caption"),
+        ("grad_cache_with_fsdp", USAGE, "--grad-cache-chunk-size works with one process or DDP only, not FSDP"),
+        ("resume_without_checkpoint", RUNTIME, "--resume_from_checkpoint latest: no checkpoint-\\* folder"),
+        ("port_in_use", RUNTIME, "port [0-9]+ on 127.0.0.1 is in use.*--port"),
+        ("max_length_too_long", USAGE, "--max-length 1000 is longer than the text tower's 64 positions"),
+    ],
+)
+def test_a_mistake_is_one_line_naming_the_fix(mistakes, case, status, expected):
+    returncode, stderr = mistakes(case)
+    lines = stderr.strip().splitlines()
+    assert returncode == status, stderr
+    assert "Traceback" not in stderr
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("hf-vlp ")
+    assert re.search(expected, lines[0]), lines[0]
+
+
+def test_debug_shows_the_traceback(mistakes):
+    returncode, stderr = mistakes("debug_shows_traceback")
+    assert returncode == 1
+    assert "Traceback" in stderr and "UserError" in stderr
+
+
+def test_check_max_length_refuses_only_lengths_beyond_the_positions(tiny_dual_config):
+    positions = tiny_dual_config.text_config.max_position_embeddings
+    check_max_length(tiny_dual_config, positions)
+    check_max_length(tiny_dual_config, None)
+    with pytest.raises(UserError) as refused:
+        check_max_length(tiny_dual_config, positions + 1)
+    assert refused.value.exit_code == USAGE and f"--max-length {positions}" in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("value", "is_path"),
+    [
+        ("/abs/model", True),
+        ("./model", True),
+        ("~/model", True),
+        ("out/run/model", True),
+        ("me/model", False),
+        ("tiny", False),
+    ],
+)
+def test_paths_are_never_taken_for_hub_ids(value, is_path):
+    assert path_like(value) is is_path

@@ -1,0 +1,134 @@
+"""Checks of a job's arguments that run before anything heavy: each mistake is a `UserError` naming the fix.
+
+`check_job_args` runs right after parsing (before a model is built or data is read), so a typo costs a second, not
+a model load; the checks that need the data or the model (`data_error`, `check_max_length`) run where those are
+read.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from typing import Any
+
+from .errors import RUNTIME, USAGE, UserError, closest_names, looks_like_path
+
+
+__all__ = ["check_job_args", "check_model_path", "data_error", "describe_folder"]
+
+# Column names that usually hold the caption, in the order they are suggested for `--text-column`.
+CAPTION_COLUMNS = ("caption", "text", "captions", "sentence", "title", "description", "desc", "query")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+
+
+def describe_folder(folder: str, flag: str) -> None:
+    """Refuse an image-folder flag whose folder is missing, holds no images, or has images but no metadata file."""
+    if not os.path.isdir(folder):
+        what = "is a file, not a folder" if os.path.exists(folder) else "does not exist"
+        raise UserError(f"{flag} {folder}: the folder {what}", RUNTIME)
+    names = os.listdir(folder)
+    if any(name in ("metadata.jsonl", "metadata.csv") for name in names):
+        return
+    images = [name for name in names if name.lower().endswith(IMAGE_SUFFIXES)]
+    if not images:
+        raise UserError(
+            f"{flag} {folder}: no images and no metadata.jsonl in the folder; an image folder holds the images and a "
+            'metadata.jsonl with one {"file_name": ..., "text": ...} line per image',
+            RUNTIME,
+        )
+    raise UserError(
+        f"{flag} {folder}: {len(images)} images but no metadata.jsonl; add one with a "
+        '{"file_name": ..., "text": ...} line per image',
+        RUNTIME,
+    )
+
+
+def check_model_path(model: str | None) -> None:
+    """Refuse a `--model` that looks like a path (see `looks_like_path`) but is no saved model folder; never looked
+    up on the Hub."""
+    if model is None or not looks_like_path(model):
+        return
+    local = os.path.expanduser(model)
+    if not os.path.isdir(local):
+        what = "is a file, not a model folder" if os.path.exists(local) else "does not exist"
+        raise UserError(
+            f"--model {model}: the folder {what} (a model folder holds the config.json written by save_pretrained; "
+            "`hf-vlp pretrain --recipe demo` writes hf_vlp_demo_output/model)",
+            RUNTIME,
+        )
+    if not os.path.isfile(os.path.join(local, "config.json")):
+        raise UserError(f"--model {model}: no config.json in the folder (not a saved model)", RUNTIME)
+
+
+def _check_preset(preset: str | None) -> None:
+    if preset is None:
+        return
+    from hf_vlp import list_presets
+
+    names = list_presets()
+    if preset not in names:
+        hint = closest_names(preset, names) or f"presets: {', '.join(names)}"
+        raise UserError(f"no preset {preset!r}; {hint}", USAGE)
+
+
+def _check_distributed_grad_cache(training_args: Any) -> None:
+    """Gradient caching needs one process or DDP: refuse it with FSDP / DeepSpeed, from the flags or accelerate."""
+    if not getattr(training_args, "grad_cache_chunk_size", 0):
+        return
+    engine = None
+    if training_args.deepspeed or os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
+        engine = "DeepSpeed"
+    elif training_args.fsdp or os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":
+        engine = "FSDP"
+    if engine:
+        raise UserError(
+            f"--grad-cache-chunk-size works with one process or DDP only, not {engine}: drop it (use plain batches)",
+            USAGE,
+        )
+
+
+def _check_resume(training_args: Any) -> None:
+    value = training_args.resume_from_checkpoint
+    if value is None:
+        return
+    if value.lower() in ("true", "latest", "last"):
+        from transformers.trainer_utils import get_last_checkpoint
+
+        output_dir = training_args.output_dir
+        if not os.path.isdir(output_dir) or get_last_checkpoint(output_dir) is None:
+            raise UserError(
+                f"--resume_from_checkpoint {value}: no checkpoint-* folder in {output_dir}; drop the flag to start "
+                "fresh, or pass the --output_dir of the run to resume",
+                RUNTIME,
+            )
+    elif not os.path.isdir(value):
+        raise UserError(f"--resume_from_checkpoint {value}: no such checkpoint folder", RUNTIME)
+
+
+def check_job_args(model_args: Any, data_args: Any, training_args: Any) -> None:
+    """Every argument mistake that can be seen without loading a model or reading data."""
+    check_model_path(model_args.model)
+    _check_preset(model_args.preset)
+    _check_distributed_grad_cache(training_args)
+    _check_resume(training_args)
+    for flag, folder in (("--train-dir", data_args.train_dir), ("--eval-dir", data_args.eval_dir)):
+        if folder:
+            describe_folder(folder, flag)
+    for flag, path in (("--train-file", data_args.train_file), ("--eval-file", data_args.eval_file)):
+        if path and "://" not in path and not os.path.isfile(path):
+            raise UserError(f"{flag} {path}: no such file", RUNTIME)
+
+
+def data_error(error: Exception) -> UserError | None:
+    """A `UserError` with the flag to pass for a reader's missing-column error (None for other errors)."""
+    argument = getattr(error, "argument", None)
+    if argument is None:
+        return None
+    flag = "--" + argument.replace("_", "-")
+    available = [str(column) for column in error.available]
+    candidates = [name for name in CAPTION_COLUMNS if name in available] if argument == "text_column" else []
+    candidates = candidates or difflib.get_close_matches(error.column, available, n=1, cutoff=0.5)
+    fix = f"pass {flag} {candidates[0]}" if candidates else f"pass {flag} with one of them"
+    return UserError(
+        f"{error.source} has no {error.column!r} column (columns: {', '.join(available)}): {fix}", RUNTIME
+    )
