@@ -13,6 +13,7 @@ towers (the first retrieval stage); the cross encoder stays in PyTorch.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import warnings
 from dataclasses import dataclass
@@ -214,5 +215,11 @@ def quantize_onnx(path: str | os.PathLike) -> Path:
 
     path = Path(path)
     target = path.with_name(f"{path.stem}_int8.onnx")
-    quantize_dynamic(str(path), str(target), weight_type=QuantType.QInt8)
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # onnxruntime logs a static-quantisation hint on the root logger that does not apply
+    try:
+        quantize_dynamic(str(path), str(target), weight_type=QuantType.QInt8)
+    finally:
+        root.setLevel(level)
     return target

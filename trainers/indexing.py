@@ -357,7 +357,7 @@ def build_index(
     result = IndexBuildResult(output, 0)
     from tqdm.auto import tqdm
 
-    bar = tqdm(desc=f"indexing {modality}s", unit=modality, disable=not progress)
+    bar = tqdm(desc=f"indexing {modality}s", unit=" records", disable=not progress)
 
     def mine() -> Iterator[tuple[int, int, dict]]:
         """(chunk, row, record) of this process's records in chunks not yet written; reused chunks are counted."""
