@@ -13,6 +13,7 @@ towers (the first retrieval stage); the cross encoder stays in PyTorch.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import warnings
 from dataclasses import dataclass
@@ -132,6 +133,7 @@ def export_onnx(
     if processor is None:
         raise ValueError("pass the model's processor (export_onnx(model, out, processor))")
     _check_text_graph(model)
+    was_training = model.training
     model = model.eval()
     token_wise = _is_token_wise(model)
     output_dir = Path(output_dir)
@@ -151,8 +153,10 @@ def export_onnx(
         # Tracing warns about every Python-level shape check; the equality tests (batch 1/7/64, two lengths) are
         # what shows the graphs generalise.
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        # The wrappers are built in eval mode: the exporter puts every module back into the wrapper's mode after
+        # tracing, and a fresh nn.Module is in training mode (that would switch dropout on in the user's model).
         _export(
-            _Encoder(model, "image", token_wise),
+            _Encoder(model, "image", token_wise).eval(),
             (pixel_values,),
             output_dir / IMAGE_ENCODER_FILE,
             {"pixel_values": {0: "batch"}},
@@ -160,13 +164,14 @@ def export_onnx(
             opset,
         )
         _export(
-            _Encoder(model, "text", token_wise),
+            _Encoder(model, "text", token_wise).eval(),
             (input_ids, attention_mask),
             output_dir / TEXT_ENCODER_FILE,
             {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"}},
             token_wise,
             opset,
         )
+    model.train(was_training)
     processor.save_pretrained(output_dir)  # the tokenizer files a client needs, next to the graphs
     config = {
         "model_class": type(model).__name__,
@@ -214,5 +219,11 @@ def quantize_onnx(path: str | os.PathLike) -> Path:
 
     path = Path(path)
     target = path.with_name(f"{path.stem}_int8.onnx")
-    quantize_dynamic(str(path), str(target), weight_type=QuantType.QInt8)
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # onnxruntime logs a static-quantisation hint on the root logger that does not apply
+    try:
+        quantize_dynamic(str(path), str(target), weight_type=QuantType.QInt8)
+    finally:
+        root.setLevel(level)
     return target

@@ -396,7 +396,8 @@ class _ChunkStore:
 
     def embeds(self, positions: np.ndarray) -> np.ndarray:
         positions = np.asarray(positions, dtype=np.int64)
-        dim = self._array(str(self.chunk[0]), "embeds").shape[1]
+        # Any chunk an item lives in has rows (a chunk whose inputs were all skipped holds no item).
+        dim = self._array(str(self.chunk[positions[0] if len(positions) else 0]), "embeds").shape[1]
         out = np.empty((len(positions), dim), dtype=np.float32)
         chunks = self.chunk[positions]
         for chunk in np.unique(chunks):

@@ -46,6 +46,7 @@ logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 BUILD_FILE = "build.json"
+DEMO_SOURCES = ("demo:eval", "demo:train")
 PARTS_DIR = "parts"
 
 
@@ -84,8 +85,8 @@ def iter_source_records(
     """Records (`{"image", "text", "image_id"}`) of the given sources, in a deterministic order.
 
     `images` entries may be a folder (a `datasets` imagefolder with `metadata.jsonl`/`.csv`, or any folder of image
-    files), tar shards, JSONL/CSV/parquet lists, or glob patterns of those; `dataset` a `datasets` Hub id or a
-    `save_to_disk` folder.
+    files), tar shards, JSONL/CSV/parquet lists, glob patterns of those, or `demo:eval` / `demo:train` (the built-in
+    demo set `hf-vlp pretrain --recipe demo` trains on); `dataset` a `datasets` Hub id or a `save_to_disk` folder.
 
     Raises:
         DataFormatError: a source does not exist or has an unknown type.
@@ -93,6 +94,8 @@ def iter_source_records(
     if not images and dataset is None:
         raise DataFormatError("give --images (folders, tar shards, JSONL/CSV/parquet lists) or --dataset")
     for entry in images:
+        if entry in DEMO_SOURCES:
+            entry = str(_demo_split(entry.partition(":")[2]))
         paths = sorted(glob.glob(entry)) if glob.has_magic(entry) else [entry]
         if not paths:
             raise DataFormatError(f"no file matches {entry}")
@@ -113,6 +116,14 @@ def iter_source_records(
         yield from read_hf_dataset(
             dataset, split=split, image_column=image_column, text_column=text_column, id_column=id_column
         )
+
+
+def _demo_split(split: str) -> Path:
+    """The built-in demo set's `split` folder (rendered on first use, in the same cache as `hf-vlp pretrain`'s)."""
+    from trainers.arguments import DataArguments
+    from trainers.cli.sources import demo_data_dir
+
+    return demo_data_dir(DataArguments()) / split
 
 
 def _image_path(ref: Any) -> str | None:
@@ -336,7 +347,7 @@ def build_index(
         "chunk_size": chunk_size,
         "batch_size": batch_size,
         "num_shards": num_shards,
-        "images": [os.path.abspath(p) if os.path.exists(p) else p for p in images],
+        "images": [os.path.abspath(p) if os.path.exists(p) and p not in DEMO_SOURCES else p for p in images],
         "dataset": dataset,
         "split": split if dataset else None,
         "columns": [image_column, text_column, id_column],
@@ -357,7 +368,7 @@ def build_index(
     result = IndexBuildResult(output, 0)
     from tqdm.auto import tqdm
 
-    bar = tqdm(desc=f"indexing {modality}s", unit=modality, disable=not progress)
+    bar = tqdm(desc=f"indexing {modality}s", unit=" records", disable=not progress)
 
     def mine() -> Iterator[tuple[int, int, dict]]:
         """(chunk, row, record) of this process's records in chunks not yet written; reused chunks are counted."""

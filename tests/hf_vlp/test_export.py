@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from hf_vlp import DualEncoderModel, FusionEncoderConfig, FusionEncoderForRetrieval
+from hf_vlp import DualEncoderConfig, DualEncoderModel, FusionEncoderConfig, FusionEncoderForRetrieval
 from hf_vlp.export import export_onnx
-from tests.trainers.helpers import small_config
+from tests.trainers.helpers import TEXT, VISION, small_config
 
 
 ort = pytest.importorskip("onnxruntime")
@@ -71,6 +71,19 @@ def test_onnx_encoders_equal_pytorch_at_every_batch_size_and_text_length(kind, t
             if token_wise:
                 assert np.abs(got[1] - expected.token_embeds.numpy()).max() < TOLERANCE
                 assert (got[2] == expected.token_mask.numpy()).all()
+
+
+def test_export_leaves_the_model_in_its_mode_and_matches_with_dropout(tmp_path, small_processor):
+    torch.manual_seed(0)
+    text = {**TEXT, "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1}
+    model = DualEncoderModel(DualEncoderConfig(text_config=text, vision_config=dict(VISION), projection_dim=16)).eval()
+    export = export_onnx(model, tmp_path / "onnx", small_processor)
+    assert not any(module.training for module in model.modules())  # dropout stays off after the export
+    ids = torch.randint(5, 7000, (3, 9))
+    with torch.no_grad():
+        expected = model.encode_text(input_ids=ids, attention_mask=torch.ones_like(ids)).embeds.numpy()
+    got = _sessions(export)[1].run(None, {"input_ids": ids.numpy(), "attention_mask": np.ones((3, 9), np.int64)})[0]
+    assert np.abs(got - expected).max() < TOLERANCE
 
 
 def test_onnx_config_names_what_a_client_feeds_and_gets(tmp_path, small_processor):

@@ -32,7 +32,7 @@ def _build_parser(prog: str) -> argparse.ArgumentParser:
         nargs="+",
         default=[],
         help="image folders (imagefolder with metadata.jsonl/csv, or plain image files), tar shards, "
-        "JSONL/CSV/parquet lists, or glob patterns",
+        "JSONL/CSV/parquet lists, glob patterns, or demo:eval / demo:train (the built-in demo set)",
     )
     build.add_argument(
         "--dataset", default=None, help="a datasets Hub id or save_to_disk folder (instead of --images)"
