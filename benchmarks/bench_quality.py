@@ -207,20 +207,15 @@ def evaluate_folder(model_dir: str, data, args, output_dir: Path) -> dict[str, f
     return json.loads((output_dir / "eval_results.json").read_text())
 
 
-def run_ours(
-    args, config_path: Path, data, output_dir: Path, extra: list[str], pythonpath: str | None = None
-) -> dict[str, Any]:
-    """`hf-vlp pretrain` with its defaults and the shared budget; `extra` is the ablation's switch."""
-    command = [
+def _pretrain_command(args, config_path: Path, data, output_dir: Path, epochs: int) -> list[str]:
+    return [
         "pretrain",
         "--model-config",
         str(config_path),
         "--train-dir",
         str(data.train_dir),
-        "--eval-dir",
-        str(data.eval_dir),
         "--num_train_epochs",
-        str(args.epochs),
+        str(epochs),
         "--per_device_train_batch_size",
         str(args.batch),
         "--learning_rate",
@@ -239,9 +234,39 @@ def run_ours(
         "no",
         "--torch-threads",
         "1",
-    ]
-    if args.max_train_samples:
-        command += ["--max-train-samples", str(args.max_train_samples)]
+    ] + (["--max-train-samples", str(args.max_train_samples)] if args.max_train_samples else [])
+
+
+def time_epochs(args, config_path: Path, data, workdir: Path, rows: dict[str, list[str]]) -> dict[str, Any]:
+    """Seconds per training epoch of ours and of each row, interleaved (ABBA rounds) so that the background load of a
+    shared machine hits every variant alike; the ratio is the median of the per-round ratios to ours."""
+    import statistics
+
+    variants = {"ours": [], **rows}
+    seconds: dict[str, list[float]] = {name: [] for name in variants}
+    for round_index in range(args.timing_rounds):
+        order = list(variants) if round_index % 2 == 0 else list(reversed(variants))
+        for name in order:
+            output = workdir / f"timing_{name}_{round_index}"
+            command = _pretrain_command(args, config_path, data, output, args.timing_epochs) + variants[name]
+            _hf_vlp(command, output.with_suffix(".log"))
+            runtime = json.loads((output / "train_results.json").read_text())["train_runtime"]
+            seconds[name].append(runtime / args.timing_epochs)
+    return {
+        name: {
+            "seconds_per_epoch": statistics.median(values),
+            "ratio_to_ours": statistics.median(v / o for v, o in zip(values, seconds["ours"])),
+            "rounds": values,
+        }
+        for name, values in seconds.items()
+    }
+
+
+def run_ours(
+    args, config_path: Path, data, output_dir: Path, extra: list[str], pythonpath: str | None = None
+) -> dict[str, Any]:
+    """`hf-vlp pretrain` with its defaults and the shared budget; `extra` is the ablation's switch."""
+    command = _pretrain_command(args, config_path, data, output_dir, args.epochs) + ["--eval-dir", str(data.eval_dir)]
     if (output_dir / "eval_results.json").is_file() and args.reuse:
         print(f"reusing {output_dir}", flush=True)
     else:
@@ -288,6 +313,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--compare-checkout", default=None, help="another checkout of hf-vlp (e.g. before a change): one more row"
     )
+    parser.add_argument(
+        "--timing", default=None, help="rows whose seconds per epoch are compared with ours in interleaved runs"
+    )
+    parser.add_argument("--timing-epochs", type=int, default=2)
+    parser.add_argument("--timing-rounds", type=int, default=2)
     parser.add_argument("--skip-reference", action="store_true")
     parser.add_argument(
         "--ablations-only",
@@ -368,6 +398,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for name, extra in extra_rows:
         result = run_ours(args, config_path, data, workdir / f"ablation_{name}", extra)
         add_row(name, f"  {name}: {shlex.join(extra).replace(str(workdir) + '/', '')}", {"args": extra, **result})
+
+    if args.timing:
+        timing = time_epochs(
+            args, config_path, data, workdir, {n: _row_arguments(n, workdir, config) for n in args.timing.split(",")}
+        )
+        report["timing"] = timing
+        print_table(
+            f"Seconds per epoch, {args.timing_rounds} interleaved rounds of {args.timing_epochs} epochs",
+            ["variant", "s/epoch (median)", "vs ours (median of rounds)"],
+            [[name, f"{t['seconds_per_epoch']:.1f}", fmt_ratio(t["ratio_to_ours"])] for name, t in timing.items()],
+        )
 
     print_table(
         f"Real-data quality (Tux Paint zh: {data.stats['train_images']} train / {data.stats['eval_images']} eval "
