@@ -131,7 +131,7 @@ def mistakes(tmp_path_factory, busy_port):
         ("empty_after_filtering", RUNTIME, "no usable training pairs .*lack an image file or a caption"),
         ("grad_cache_with_fsdp", USAGE, "--grad-cache-chunk-size works with one process or DDP only, not FSDP"),
         ("resume_without_checkpoint", RUNTIME, "--resume_from_checkpoint latest: no checkpoint-\\* folder"),
-        ("port_in_use", RUNTIME, "port [0-9]+ on 127.0.0.1 is in use.*--port"),
+        ("port_in_use", RUNTIME, "cannot serve on 127.0.0.1:[0-9]+ .*in use.*--port"),
         ("max_length_too_long", USAGE, "--max-length 1000 is longer than the text tower's 64 positions"),
     ],
 )

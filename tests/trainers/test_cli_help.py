@@ -24,7 +24,7 @@ def test_help_lists_hf_vlp_flags_by_group_before_the_training_arguments(capsys):
     assert "--grad-cache-chunk-size" in text and "--lora-r" in text
     assert "--learning_rate" not in text.split("transformers.TrainingArguments:")[1].split("--help-all")[1]
     assert "--per_device_train_batch_size PER_DEVICE" not in text  # listed only by --help-all
-    assert len(text.splitlines()) < 250
+    assert len(text.splitlines()) < 300  # ~800 lines when every TrainingArguments flag is listed
 
 
 def test_help_all_lists_every_training_argument(capsys):

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import difflib
 import os
-import socket
 import sys
 from collections.abc import Iterable
 from typing import Any
@@ -24,7 +23,6 @@ __all__ = [
     "USAGE",
     "UserError",
     "check_max_length",
-    "check_port_free",
     "closest_names",
     "debug_enabled",
     "user_errors",
@@ -107,17 +105,3 @@ def check_max_length(config: Any, max_length: int | None) -> None:
             f"use --max-length {positions} or less",
             USAGE,
         )
-
-
-def check_port_free(host: str | None, port: int) -> None:
-    """Refuse a port another server holds before loading anything (Gradio would fail only after the model loads)."""
-    address = host or "127.0.0.1"
-    with socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET, socket.SOCK_STREAM) as probe:
-        try:
-            probe.bind((address, port))
-        except OSError as error:
-            raise UserError(
-                f"port {port} on {address} is in use ({error.strerror}): pass --port with a free port "
-                "or stop the other server",
-                RUNTIME,
-            ) from error
