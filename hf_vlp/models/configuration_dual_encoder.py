@@ -11,10 +11,10 @@ import math
 from transformers import AutoConfig, PreTrainedConfig
 
 
-__all__ = ["DualEncoderConfig", "build_sub_config", "resolve_vision_pooling"]
+__all__ = ["DualEncoderConfig", "build_sub_config"]
 
 TEXT_POOLING_MODES = ("cls", "mean")
-VISION_POOLING_MODES = ("auto", "pooler", "cls", "mean")
+VISION_POOLING_MODES = ("pooler", "cls", "mean")
 SIMILARITY_MODES = ("global", "token_wise")
 TOKEN_REDUCTION_MODES = ("none", "norm", "learned")
 CONTRASTIVE_LOSSES = ("softmax", "sigmoid")
@@ -34,20 +34,6 @@ def build_sub_config(value: PreTrainedConfig | dict | None, default_model_type: 
     model_type = value.pop("model_type", default_model_type)
     value.pop("transformers_version", None)
     return AutoConfig.for_model(model_type, **value)
-
-
-def resolve_vision_pooling(mode: str, vision_config: PreTrainedConfig) -> str:
-    """The concrete pooling `"auto"` stands for with this vision tower.
-
-    A tower whose pooler is a dense layer + activation on the first token (ViT, DeiT: configs with `pooler_act`) gets
-    `"cls"`: that head is trained only by a classification fine-tune, starts random in a fresh model, and its tanh
-    squashes the embeddings of different images together (pairwise cosine near 1 at init). Every other tower keeps its
-    own `pooler_output`: the layer-normed class token for CLIP, the average of the last stage for Swin and ConvNets.
-    Resolved when the config is built, so a saved `config.json` states the pooling the weights were trained with.
-    """
-    if mode != "auto":
-        return mode
-    return "cls" if getattr(vision_config, "pooler_act", None) is not None else "pooler"
 
 
 class DualEncoderConfig(PreTrainedConfig):
@@ -72,10 +58,10 @@ class DualEncoderConfig(PreTrainedConfig):
             different captions are nearly identical (pairwise cosine 0.999 against 0.885 for the mean), and a
             fresh model pooled that way stays on the ln(batch) loss plateau much longer
             (`benchmarks/bench_quality.py`, row `text_cls_pooling`).
-        vision_pooling (`str`, *optional*, defaults to `"auto"`):
+        vision_pooling (`str`, *optional*, defaults to `"pooler"`):
             `"pooler"` (the tower's own `pooler_output`, falling back to the first token when it has none),
-            `"cls"`, `"mean"`, or `"auto"`: the tower's pooler unless it is a dense + tanh classification head
-            (ViT), then `"cls"` (see `resolve_vision_pooling`; stored resolved).
+            `"cls"` or `"mean"`. (A fresh ViT's tanh pooler is no handicap: on the real-data benchmark it scored
+            11.2 against 10.6 with `"cls"`, `benchmarks/bench_quality.py` rows `vit_*`.)
         similarity (`str`, *optional*, defaults to `"global"`):
             `"global"` cosine of pooled embeddings (CLIP) or `"token_wise"` late interaction (FILIP, as Wukong).
         token_reduction (`str`, *optional*, defaults to `"none"`):
@@ -136,7 +122,7 @@ class DualEncoderConfig(PreTrainedConfig):
         logit_scale_init_value: float | None = None,
         logit_scale_max: float = 100.0,
         text_pooling: str = "mean",
-        vision_pooling: str = "auto",
+        vision_pooling: str = "pooler",
         similarity: str = "global",
         token_reduction: str = "none",
         image_tokens_kept: int | None = None,
@@ -163,7 +149,7 @@ class DualEncoderConfig(PreTrainedConfig):
         )
         self.logit_scale_max = logit_scale_max
         self.text_pooling = text_pooling
-        self.vision_pooling = resolve_vision_pooling(vision_pooling, self.vision_config)
+        self.vision_pooling = vision_pooling
         self.similarity = similarity
         self.token_reduction = token_reduction
         self.image_tokens_kept = image_tokens_kept

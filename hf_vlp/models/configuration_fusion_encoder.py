@@ -8,12 +8,7 @@ from __future__ import annotations
 
 from transformers import AutoConfig, PreTrainedConfig
 
-from .configuration_dual_encoder import (
-    TEXT_POOLING_MODES,
-    VISION_POOLING_MODES,
-    build_sub_config,
-    resolve_vision_pooling,
-)
+from .configuration_dual_encoder import TEXT_POOLING_MODES, VISION_POOLING_MODES, build_sub_config
 
 
 __all__ = ["FusionEncoderConfig"]
@@ -45,8 +40,8 @@ class FusionEncoderConfig(PreTrainedConfig):
         logit_scale_max (`float`, *optional*, defaults to 100.0):
             Upper bound of `exp(logit_scale)`.
         text_pooling (`str`, *optional*, defaults to `"mean"`): `"mean"` or `"cls"`, as in the dual encoder.
-        vision_pooling (`str`, *optional*, defaults to `"auto"`): `"auto"`, `"pooler"`, `"cls"` or `"mean"`, as in
-            the dual encoder.
+        vision_pooling (`str`, *optional*, defaults to `"pooler"`): `"pooler"`, `"cls"` or `"mean"`, as in the dual
+            encoder.
         num_fusion_layers (`int`, *optional*, defaults to 6):
             Cross-attention layers on top of the towers, in each cross encoder.
         fusion_mode (`str`, *optional*, defaults to `"albef"`):
@@ -122,7 +117,7 @@ class FusionEncoderConfig(PreTrainedConfig):
         logit_scale_init_value: float = 2.6592,
         logit_scale_max: float = 100.0,
         text_pooling: str = "mean",
-        vision_pooling: str = "auto",
+        vision_pooling: str = "pooler",
         num_fusion_layers: int = 6,
         fusion_mode: str = "albef",
         fusion_hidden_size: int | None = None,
@@ -158,7 +153,7 @@ class FusionEncoderConfig(PreTrainedConfig):
         self.logit_scale_init_value = logit_scale_init_value
         self.logit_scale_max = logit_scale_max
         self.text_pooling = text_pooling
-        self.vision_pooling = resolve_vision_pooling(vision_pooling, self.vision_config)
+        self.vision_pooling = vision_pooling
         self.num_fusion_layers = num_fusion_layers
         self.fusion_mode = fusion_mode
         # Resolved here rather than at model build time so that config.json states the real architecture.

@@ -55,14 +55,6 @@ def test_fusion_encoder_projections_follow_clip_init_and_momentum_copies_match()
     assert torch.equal(model.text_projection.weight, model.text_projection_m.weight)
 
 
-def test_auto_vision_pooling_skips_vit_tanh_pooler_and_keeps_clip_pooler():
-    assert _dual(VIT).config.vision_pooling == "cls"
-    assert _dual(WIDE_VISION).config.vision_pooling == "pooler"
-    # an explicit choice is kept, and a saved config states the resolved value
-    assert _dual(VIT, vision_pooling="pooler").config.vision_pooling == "pooler"
-    assert DualEncoderConfig(vision_config=dict(VIT)).to_dict()["vision_pooling"] == "cls"
-
-
 def test_scaled_logits_start_with_clip_spread(tiny_batch, small_processor):
     """At init the scaled logits of a batch must vary (CLIP-level spread), not sit at one value."""
     model = _dual(WIDE_VISION)
