@@ -42,7 +42,7 @@ from benchmarks.real_data import build_real_data
 
 # One switch per row: name -> extra `hf-vlp pretrain` arguments. `{fusion_config}` and `{fusion_model}` are filled in
 # with the fusion model's config and the folder the `fusion_rerank` row trained (the DiDE teacher); `{vit_tower}`
-# and `{vit_tanh_pooler}` with a transformers ViT of the same size (a sub-config override replaces the whole
+# and `{vit_cls_pooling}` with a transformers ViT of the same size (a sub-config override replaces the whole
 # sub-config, so the override spells it out).
 ABLATIONS: dict[str, list[str]] = {
     # the trainer defaults, one reverted at a time
@@ -50,9 +50,9 @@ ABLATIONS: dict[str, list[str]] = {
     "cosine": ["--lr_scheduler_type", "cosine"],
     "stock_decay_groups": ["--stock_weight_decay_groups"],
     "workers_0": ["--dataloader_num_workers", "0"],
-    # other vision towers (auto pooling skips ViT's tanh pooler; the second row uses it)
+    # a transformers ViT tower (pooled by its own tanh pooler, the default), and pooled by its class token
     "vit_tower": ["--config-overrides", "{vit_tower}"],
-    "vit_tanh_pooler": ["--config-overrides", "{vit_tanh_pooler}"],
+    "vit_cls_pooling": ["--config-overrides", "{vit_cls_pooling}"],
     # the papers' recipe, one switch at a time
     "text_cls_pooling": ["--config-overrides", '{"text_pooling": "cls"}'],
     "patch_dropout_0.5": ["--config-overrides", '{"vision_patch_dropout": 0.5}'],
@@ -287,7 +287,7 @@ def _row_arguments(name: str, workdir: Path, config: dict[str, Any]) -> list[str
         "fusion_config": str(workdir / "fusion_config.json"),
         "fusion_model": str(workdir / "ablation_fusion_rerank" / "model"),
         "vit_tower": json.dumps({"vision_config": vit}),
-        "vit_tanh_pooler": json.dumps({"vision_config": vit, "vision_pooling": "pooler"}),
+        "vit_cls_pooling": json.dumps({"vision_config": vit, "vision_pooling": "cls"}),
     }
     return [
         values.get(arg[1:-1], arg) if arg.startswith("{") and arg.endswith("}") else arg for arg in ABLATIONS[name]
