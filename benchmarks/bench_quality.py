@@ -170,6 +170,11 @@ def run_reference(args, config: dict[str, Any], data, workdir: Path) -> dict[str
     }
 
 
+def _log_of(folder: Path) -> Path:
+    """The log next to a run's folder (`with_suffix` would eat the `.5` of `patch_dropout_0.5`)."""
+    return folder.parent / f"{folder.name}.log"
+
+
 def _hf_vlp(args_list: list[str], log: Path, pythonpath: str | None = None) -> None:
     """Run `hf-vlp ...` in a subprocess, from this checkout or `pythonpath`'s, its output into `log`."""
     command = [sys.executable, "-m", "trainers.cli", *args_list]
@@ -202,7 +207,7 @@ def evaluate_folder(model_dir: str, data, args, output_dir: Path) -> dict[str, f
             "--torch-threads",
             "1",
         ],
-        output_dir.with_suffix(".log"),
+        _log_of(output_dir),
     )
     return json.loads((output_dir / "eval_results.json").read_text())
 
@@ -249,7 +254,7 @@ def time_epochs(args, config_path: Path, data, workdir: Path, rows: dict[str, li
         for name in order:
             output = workdir / f"timing_{name}_{round_index}"
             command = _pretrain_command(args, config_path, data, output, args.timing_epochs) + variants[name]
-            _hf_vlp(command, output.with_suffix(".log"))
+            _hf_vlp(command, _log_of(output))
             runtime = json.loads((output / "train_results.json").read_text())["train_runtime"]
             seconds[name].append(runtime / args.timing_epochs)
     return {
@@ -270,7 +275,7 @@ def run_ours(
     if (output_dir / "eval_results.json").is_file() and args.reuse:
         print(f"reusing {output_dir}", flush=True)
     else:
-        _hf_vlp(command + extra, output_dir.with_suffix(".log"), pythonpath)
+        _hf_vlp(command + extra, _log_of(output_dir), pythonpath)
     train = json.loads((output_dir / "train_results.json").read_text())
     metrics = json.loads((output_dir / "eval_results.json").read_text())
     return {
