@@ -108,6 +108,11 @@ def _fetch_package(scratch: Path, deb: str | None) -> Path:
         result = subprocess.run(
             ["apt-get", "download", PACKAGE], cwd=scratch, capture_output=True, text=True, check=False
         )
+        if result.returncode != 0 and os.geteuid() == 0:  # a fresh machine may have no package lists yet
+            subprocess.run(["apt-get", "update", "-qq"], capture_output=True, check=False)
+            result = subprocess.run(
+                ["apt-get", "download", PACKAGE], cwd=scratch, capture_output=True, text=True, check=False
+            )
         debs = sorted(scratch.glob(f"{PACKAGE}_*.deb"))
         if not debs:
             raise SystemExit(
