@@ -6,21 +6,9 @@ hold the fields the README rows are built from. No speed is asserted.
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
-
-def _run(module_name: str, tmp_path) -> dict:
-    import importlib
-
-    module = importlib.import_module(f"benchmarks.{module_name}")
-    output = tmp_path / f"{module_name}.json"
-    returned = module.main(["--smoke", "--output", str(output)])
-    report = json.loads(output.read_text())
-    assert report == json.loads(json.dumps(returned)), "main() must return what it wrote"
-    assert report["date"] and report["machine"]["cpu"]
-    return report
+from tests.benchmarks.test_smoke import _run
 
 
 def test_onnx_smoke(tmp_path):
