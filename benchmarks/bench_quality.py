@@ -49,12 +49,12 @@ ABLATIONS: dict[str, list[str]] = {
     "no_warmup": ["--warmup_steps", "0"],
     "cosine": ["--lr_scheduler_type", "cosine"],
     "stock_decay_groups": ["--stock_weight_decay_groups"],
+    "text_cls_pooling": ["--config-overrides", '{"text_pooling": "cls"}'],
     "workers_0": ["--dataloader_num_workers", "0"],
     # a transformers ViT tower (pooled by its own tanh pooler, the default), and pooled by its class token
     "vit_tower": ["--config-overrides", "{vit_tower}"],
     "vit_cls_pooling": ["--config-overrides", "{vit_cls_pooling}"],
     # the papers' recipe, one switch at a time
-    "text_cls_pooling": ["--config-overrides", '{"text_pooling": "cls"}'],
     "patch_dropout_0.5": ["--config-overrides", '{"vision_patch_dropout": 0.5}'],
     "sigmoid_loss": ["--config-overrides", '{"contrastive_loss": "sigmoid"}'],
     "augmentation": ["--train_augmentation"],
