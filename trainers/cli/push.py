@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from .errors import RUNTIME, UserError
 
@@ -46,17 +47,25 @@ def push_main(argv: Sequence[str]) -> int:
     if not get_token():  # before any network call: without a token every step after `validate` fails obscurely
         raise UserError("no Hugging Face token: set HF_TOKEN or run `hf auth login`", RUNTIME)
 
-    from hf_vlp.hub import HubPushError, push_model_folder
+    from hf_vlp.hub import push_model_folder
+
+    return _commit_or_report(
+        push_model_folder,
+        args.folder,
+        args.repo_id,
+        private=args.private,
+        revision=args.revision,
+        commit_message=args.commit_message,
+        base_model=args.base_model,
+    )
+
+
+def _commit_or_report(push: Callable[..., Any], *args: Any, **kwargs: Any) -> int:
+    """Run a Hub push; print its commit URL (exit 0), or the failed step in one line on stderr (exit 1)."""
+    from hf_vlp.hub import HubPushError
 
     try:
-        info = push_model_folder(
-            args.folder,
-            args.repo_id,
-            private=args.private,
-            revision=args.revision,
-            commit_message=args.commit_message,
-            base_model=args.base_model,
-        )
+        info = push(*args, **kwargs)
     except HubPushError as error:
         print(f"hf-vlp push: {error}", file=sys.stderr)
         return 1
@@ -79,20 +88,14 @@ def push_space_main(argv: Sequence[str]) -> int:
     parser.add_argument("--commit-message", default="Upload hf-vlp Space")
     args = parser.parse_args(list(argv))
 
-    from hf_vlp.hub import HubPushError
     from hf_vlp.space.publish import push_space
 
-    try:
-        info = push_space(
-            args.space,
-            model=args.model,
-            revision=args.revision,
-            folder=args.folder,
-            private=args.private,
-            commit_message=args.commit_message,
-        )
-    except HubPushError as error:
-        print(f"hf-vlp push: {error}", file=sys.stderr)
-        return 1
-    print(info.commit_url)
-    return 0
+    return _commit_or_report(
+        push_space,
+        args.space,
+        model=args.model,
+        revision=args.revision,
+        folder=args.folder,
+        private=args.private,
+        commit_message=args.commit_message,
+    )
