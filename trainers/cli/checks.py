@@ -104,9 +104,10 @@ def check_distributed_launch(training_args: Any) -> None:
     """Refuse several launched processes that the Trainer would not train as one job.
 
     `torchrun` / `accelerate launch` on a machine without GPUs start the processes, but accelerate sets up no
-    distributed training for them unless `--use_cpu` asks for CPU DDP (`DistributedType.NO`; its FSDP needs GPUs):
-    every rank would then train the whole model on the same batches, unsynchronised, while torch.distributed is still
-    initialised, so the contrastive loss would gather each batch's duplicate from the other ranks as negatives.
+    distributed training for them (`DistributedType.NO`: no DDP wrapper, no data sharding; its FSDP needs GPUs) unless
+    `--use_cpu` asks for DDP over gloo. Every rank would then train its own copy of the model, unsynchronised, on the
+    same batches, while torch.distributed is initialised all the same, so the contrastive loss would gather each
+    batch's duplicate from the other ranks as negatives.
     `TrainingArguments` sets up the devices (and the process group) while it is parsed, with a warning about this
     situation that `_ReplacedByRefusal` drops: its advice (`torch.distributed.launch`) does not help here.
     """
@@ -121,7 +122,7 @@ def check_distributed_launch(training_args: Any) -> None:
     why = "accelerate sets up FSDP on GPUs only" if fsdp else "no GPU found and no --use_cpu"
     raise UserError(
         f"{launched} processes were launched but none is set up for distributed training ({why}), so each would "
-        "train the whole model on the same batches: on CPU add --use_cpu (DDP over gloo), or run one process",
+        "train its own copy of the model: on CPU add --use_cpu (DDP over gloo), or run one process",
         USAGE,
     )
 
