@@ -14,8 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trainers.data import BadSampleCounter, DataFormatError
-from trainers.data.readers import read_hf_dataset, read_image_folder, read_shard
+from trainers.data import BadSampleCounter, DataFormatError, read_hf_dataset, read_image_folder, read_shard
 
 
 __all__ = ["DEMO_SOURCES", "IMAGE_EXTENSIONS", "IndexSource", "captions_of", "image_path"]
