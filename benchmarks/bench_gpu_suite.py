@@ -38,7 +38,7 @@ if __package__ in (None, ""):  # run as a file: make `benchmarks.common` importa
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import common, memory  # noqa: E402
-from benchmarks.bench_train_step import SIZES, build_models, make_batch  # noqa: E402
+from benchmarks.train_models import SIZES, build_models, make_batch  # noqa: E402
 
 
 __all__ = ["NOMINAL_GFLOP_PER_PAIR", "VARIANTS", "main"]
@@ -203,9 +203,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             entry["ratio_pairs_per_s_vs_reference"] = entry["pairs_per_s"] / base["pairs_per_s"]
             entry["ratio_peak_memory_vs_reference"] = entry["peak_bytes"] / max(base["peak_bytes"], 1)
     report = {
-        "benchmark": "gpu_suite",
-        "date": common.BENCH_DATE,
-        "machine": common.machine_info(args.device),
+        **common.report_head("gpu_suite", args.device),
         "config": {
             "smoke": args.smoke,
             "size": size,

@@ -30,8 +30,8 @@ if __package__ in (None, ""):  # run as a file: make `benchmarks.common` importa
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import common, memory  # noqa: E402
-from benchmarks.bench_train_step import make_batch as train_step_batch  # noqa: E402
-from benchmarks.bench_train_step import train_step  # noqa: E402
+from benchmarks.train_models import make_batch as train_step_batch  # noqa: E402
+from benchmarks.train_models import train_step  # noqa: E402
 
 
 __all__ = ["grad_cache_step", "main"]
@@ -68,7 +68,7 @@ def build_model(size: str, seed: int, settings: dict):
 
 
 def make_batch(size: str, batch: int, device: str, seed: int = 0) -> dict:
-    """Random padded captions and pixels (see `bench_train_step.make_batch`)."""
+    """Random padded captions and pixels (see `train_models.make_batch`)."""
     return train_step_batch(size, batch, SIZES[size]["seq_len"], device, seed)
 
 
@@ -88,7 +88,7 @@ def grad_cache_step(model, optimizer, batch: dict, settings: dict, chunk_size: i
 
 
 def step_for(variant: str, chunk_size: int):
-    if variant == "reference":  # the whole batch in one graph: the train step of bench_train_step
+    if variant == "reference":  # the whole batch in one graph: `train_models.train_step`
         return train_step
     return lambda model, optimizer, batch, settings: grad_cache_step(model, optimizer, batch, settings, chunk_size)
 
@@ -296,9 +296,9 @@ def main(argv: list[str] | None = None) -> dict:
         ],
     )
     report = {
-        "benchmark": "contrastive batch scaling: plain step vs trainers.grad_cache.grad_cache_backward",
-        "date": common.BENCH_DATE,
-        "machine": common.machine_info(settings["device"]),
+        **common.report_head(
+            "contrastive batch scaling: plain step vs trainers.grad_cache.grad_cache_backward", settings["device"]
+        ),
         "config": {
             "size": args.size,
             "preset": SIZES[args.size]["preset"],

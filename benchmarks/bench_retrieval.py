@@ -54,7 +54,7 @@ def measure_encoding(args, settings: dict) -> dict[str, Any]:
     import torch
     import torch.nn.functional as F
 
-    from benchmarks.bench_train_step import build_models, make_batch
+    from benchmarks.train_models import build_models, make_batch
 
     reference, ours = build_models("tiny", args.seed)
     batch = make_batch("tiny", args.encode_batch, 32, "cpu", args.seed)
@@ -116,7 +116,7 @@ def measure_latency(args, settings: dict) -> dict[str, Any]:
     """Per-query latency of dual-encoder search and of fusion two-stage ranking, for every k, interleaved."""
     import torch
 
-    from benchmarks.bench_train_step import make_batch
+    from benchmarks.train_models import make_batch
     from hf_vlp.models.modeling_fusion_encoder import FusionRetrievalEmbeddings
 
     device, dtype = settings["device"], settings["dtype"]
@@ -264,9 +264,9 @@ def main(argv: list[str] | None = None) -> dict:
             ],
         )
     report = {
-        "benchmark": "retrieval cost: gallery encoding, two-stage re-ranking latency vs k, dual vs fusion",
-        "date": common.BENCH_DATE,
-        "machine": common.machine_info(settings["device"]),
+        **common.report_head(
+            "retrieval cost: gallery encoding, two-stage re-ranking latency vs k, dual vs fusion", settings["device"]
+        ),
         "config": {
             "encode_batch": args.encode_batch,
             "encode_batches": args.encode_batches,

@@ -359,9 +359,9 @@ def main(argv: list[str] | None = None) -> dict:
         "loop, the loader's worker is taking CPU from the trainer (fewer free cores than processes)."
     )
     report = {
-        "benchmark": "streaming reader: epoch time vs dataset size; loader vs train step at the demo recipe",
-        "date": common.BENCH_DATE,
-        "machine": common.machine_info(settings["device"]),
+        **common.report_head(
+            "streaming reader: epoch time vs dataset size; loader vs train step at the demo recipe", settings["device"]
+        ),
         "config": {
             "sizes": args.sizes,
             "shard_size": args.shard_size,

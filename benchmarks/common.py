@@ -50,6 +50,7 @@ __all__ = [
     "mfu",
     "output_path",
     "print_table",
+    "report_head",
     "serve_worker",
     "set_attention",
     "sync",
@@ -339,6 +340,11 @@ def print_table(title: str, header: Sequence[str], rows: Sequence[Sequence[Any]]
         if index == 0:
             print("  ".join("-" * width for width in widths))
     sys.stdout.flush()
+
+
+def report_head(benchmark: str, device: str) -> dict[str, Any]:
+    """The fields every report starts with: what it measures, the date and the machine (`machine_info`)."""
+    return {"benchmark": benchmark, "date": BENCH_DATE, "machine": machine_info(device)}
 
 
 def write_report(path: str | Path, report: dict[str, Any]) -> Path:
