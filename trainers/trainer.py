@@ -20,6 +20,9 @@ What changes, and why:
   method); the stock Trainer then saves only the adapter, in checkpoints and in `save_model`, and resumes it.
 * `create_model_card`: hf-vlp's card (`hf_vlp.model_card`) with the measured retrieval / zero-shot results, which
   `push_to_hub` uploads, instead of the generic Trainer card.
+
+The machinery behind the overrides lives in its own modules (`batches`, `distillation`, `grad_cache`, `grit`,
+`evaluation`, `callbacks`); this one holds only the overrides, one or two methods per item above.
 """
 
 from __future__ import annotations
