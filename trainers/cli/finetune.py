@@ -181,9 +181,7 @@ def finetune_main(argv: Sequence[str]) -> int:
     model, processor = build_model_and_processor(model_args, pretraining=True)
     peft_config = build_peft_config(model, finetune_args, revision=model_args.revision)
     demo_eval = resolve_demo(data_args, _image_size(processor), training_args.seed, domain=finetune_args.demo_domain)
-    trainer, gallery, zero_shot = build_trainer(
-        "hf-vlp finetune", model, processor, data_args, training_args, peft_config=peft_config
-    )
+    trainer, gallery, zero_shot = build_trainer(model, processor, data_args, training_args, peft_config=peft_config)
     if trainer.is_world_process_zero():
         trainer.model.print_trainable_parameters()
     has_eval = gallery is not None or zero_shot is not None

@@ -65,7 +65,7 @@ def prepare_job(argv: Sequence[str], prog: str, description: str, extra: Sequenc
 
 
 def build_trainer(
-    prog: str, model: Any, processor: Any, data_args: Any, training_args: Any, **trainer_kwargs: Any
+    model: Any, processor: Any, data_args: Any, training_args: Any, **trainer_kwargs: Any
 ) -> tuple[Any, Any, Any]:
     """The `VLPTrainer` of a job (train set, retrieval gallery and zero-shot set from the data flags), with
     the gallery and zero-shot set for the job's summary. `trainer_kwargs` (e.g. `peft_config`) go to the trainer."""

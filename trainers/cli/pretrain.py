@@ -31,7 +31,7 @@ def pretrain_main(argv: Sequence[str]) -> int:
 
     set_seed(training_args.seed)
     model, processor = build_model_and_processor(model_args, pretraining=True)
-    trainer, gallery, zero_shot = build_trainer("hf-vlp pretrain", model, processor, data_args, training_args)
+    trainer, gallery, zero_shot = build_trainer(model, processor, data_args, training_args)
     model_dir = os.path.join(training_args.output_dir, FINAL_MODEL_SUBDIR)
     metrics = train_save_evaluate(trainer, training_args, model_dir, gallery is not None or zero_shot is not None)
     if trainer.is_world_process_zero():
