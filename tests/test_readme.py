@@ -6,10 +6,21 @@ block opts out only with a first line `# readme-test: skip (why)`, e.g. Hub ids 
 written; the only change is `HF_VLP_MAX_STEPS`, which the CLI honours by capping `--max_steps`, so the demo trains a
 few steps. An identical command runs once (the README repeats `hf-vlp pretrain --recipe demo`), so every block reuses
 one demo training run.
+
+Every measured number in the README's prose carries a marker right after it,
+`<!-- readme-number SHOWN: SOURCE SELECTOR ±TOLERANCE [full] -->`, naming where it comes from:
+- SOURCE a file a README command writes (relative to where the commands run) and SELECTOR a JSON key, or SOURCE a
+  README command in backticks and SELECTOR a /regex/ on its output (first group): checked after the run;
+- SOURCE `benchmarks/README.md` and SELECTOR a "quoted" passage of it: the number comes from a benchmark run (its
+  command is in that file); the passage must be there and hold the number (checked without running anything).
+The value compared is the last number of the shown text and of the source's text. `full` marks numbers of the
+uncapped run (the demo's 800 steps): the capped run checks only that their output exists; `HF_VLP_README_FULL=1`
+runs every command uncapped (about 10 CPU minutes more) and checks their values too.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -27,8 +38,15 @@ SKIP_MARKER = re.compile(r"^#\s*readme-test:\s*skip\s*\((?P<reason>.+)\)\s*$")
 FENCE = re.compile(r"^```(?P<language>[\w-]*)\n(?P<body>.*?)^```", re.MULTILINE | re.DOTALL)
 TREE_ENTRY = re.compile(r"^[│ ]*[├└]── (?P<name>[^\s#]+)")
 MAX_STEPS = 6
-
-pytestmark = pytest.mark.slow
+FULL_RUN = os.environ.get("HF_VLP_README_FULL", "") not in ("", "0")
+BENCHMARKS_README = "benchmarks/README.md"
+NUMBER_MARKER = re.compile(
+    r"<!-- readme-number (?P<shown>[^:]+?): (?P<source>`[^`]+`|\S+) (?P<selector>\"[^\"]*\"|/.*?/|\S+)"
+    r" ±(?P<tolerance>[\d.]+K?)(?P<full> full)? -->"
+)
+NUMBER = re.compile(r"\d[\d,]*(?:\.\d+)?K?")
+# Shapes of measured figures in prose: ratios (1.19x), percentages, milliseconds. Each must carry a marker.
+MEASURED_LOOKING = re.compile(r"(?<![\w.])\d+(?:\.\d+)?(?:-\d+(?:\.\d+)?)?(?:x\b|%| ms\b)")
 
 
 @dataclass
@@ -63,6 +81,91 @@ def readme_blocks() -> list[Block]:
     ]
 
 
+@dataclass
+class NumberMarker:
+    shown: str
+    source: str
+    selector: str
+    tolerance: float
+    full: bool
+    line: int
+
+    @property
+    def where(self) -> str:
+        return f"README.md:{self.line}: {self.shown}"
+
+    def check(self, text: str) -> None:
+        """`text` is the source's text (JSON or output); the value it holds must be the shown one within tolerance."""
+        if self.selector.startswith('"'):
+            passage = self.selector.strip('"')
+            assert passage in text, f"{self.where}: {passage!r} is not in {self.source}"
+            value = last_number(passage)
+        elif self.selector.startswith("/"):
+            match = re.search(self.selector.strip("/"), text)
+            assert match, f"{self.where}: {self.selector} does not match the output of {self.source}"
+            value = last_number(match.group(1) if match.groups() else match.group(0))
+        else:
+            results = json.loads(text)
+            assert self.selector in results, f"{self.where}: no {self.selector} in {self.source}"
+            value = float(results[self.selector])
+        assert abs(value - last_number(self.shown)) <= self.tolerance, (
+            f"{self.where}: {self.source} {self.selector} gives {value}, not {self.shown} ±{self.tolerance:g}"
+        )
+
+
+def last_number(text: str) -> float:
+    numbers = NUMBER.findall(text)
+    assert numbers, f"no number in {text!r}"
+    number = numbers[-1].replace(",", "")
+    return float(number[:-1]) * 1000 if number.endswith("K") else float(number)
+
+
+def prose() -> str:
+    """The README without its fenced blocks and inline code (kept line for line)."""
+    text = FENCE.sub(lambda match: "\n" * match.group(0).count("\n"), README.read_text(encoding="utf-8"))
+    return re.sub(r"(<!--.*?-->)|`[^`\n]*`", lambda match: match.group(1) or "``", text)
+
+
+def number_markers() -> list[NumberMarker]:
+    text = prose()
+    markers = []
+    for match in NUMBER_MARKER.finditer(text):
+        tolerance = match.group("tolerance")
+        marker = NumberMarker(
+            shown=match.group("shown"),
+            source=match.group("source"),
+            selector=match.group("selector"),
+            tolerance=last_number(tolerance),
+            full=bool(match.group("full")),
+            line=text[: match.start()].count("\n") + 1,
+        )
+        before = text[: match.start()].rstrip()
+        assert before.endswith(marker.shown), f"{marker.where}: the marker does not follow its number"
+        markers.append(marker)
+    return markers
+
+
+def test_every_measured_number_is_marked():
+    """Markers parse and follow their number; every ratio / percentage / duration in the prose has one; and the
+    numbers taken from the benchmark table are the table's."""
+    text = prose()
+    malformed = [line for line in text.splitlines() if "readme-number" in line and not NUMBER_MARKER.search(line)]
+    assert not malformed, f"malformed readme-number markers: {malformed}"
+    markers = number_markers()
+    bare = NUMBER_MARKER.sub("", text)
+    marked = {marker.shown for marker in markers}
+    for line_number, line in enumerate(bare.splitlines(), 1):
+        for found in MEASURED_LOOKING.findall(line):
+            assert found in marked, f"README.md:{line_number}: {found!r} has no readme-number marker"
+    benchmarks = (ROOT / BENCHMARKS_README).read_text(encoding="utf-8")
+    checked = 0
+    for marker in markers:
+        if marker.source == BENCHMARKS_README:
+            marker.check(benchmarks)
+            checked += 1
+    assert checked and len(markers) > checked, "the README has no benchmark or no run-checked number"
+
+
 def test_opt_outs_state_why():
     """A block is skipped only through the marker, and the marker always carries a reason."""
     for block in readme_blocks():
@@ -76,18 +179,24 @@ def workdir(tmp_path_factory) -> Path:
 
 
 def _environment(workdir: Path) -> dict[str, str]:
-    return {
+    environment = {
         **os.environ,
-        "HF_VLP_MAX_STEPS": str(MAX_STEPS),
         "HF_VLP_CACHE": str(workdir / ".cache"),
         "HF_HUB_OFFLINE": "1",
         "OMP_NUM_THREADS": "1",
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
     }
+    environment.pop("HF_VLP_MAX_STEPS", None)
+    if not FULL_RUN:
+        environment["HF_VLP_MAX_STEPS"] = str(MAX_STEPS)
+    return environment
 
 
 def _run(argv: list[str], workdir: Path, where: str) -> str:
-    result = subprocess.run(argv, cwd=workdir, env=_environment(workdir), capture_output=True, text=True, timeout=900)
+    timeout = 3600 if FULL_RUN else 900
+    result = subprocess.run(
+        argv, cwd=workdir, env=_environment(workdir), capture_output=True, text=True, timeout=timeout
+    )
     assert result.returncode == 0, f"{where}: `{' '.join(argv)}` failed:\n{result.stderr[-4000:]}"
     return result.stdout
 
@@ -120,8 +229,32 @@ def _check_tree(block: Block, workdir: Path) -> bool:
     return True
 
 
+def _check_run_numbers(workdir: Path, outputs: dict[tuple[str, ...], str]) -> None:
+    """The README's numbers that its commands produce: values within tolerance (`full` ones only in a full run),
+    else at least the output they are read from."""
+    for marker in number_markers():
+        if marker.source == BENCHMARKS_README:
+            continue
+        if marker.source.startswith("`"):
+            command = tuple(shlex.split(marker.source.strip("`")))
+            assert command[:1] == ("hf-vlp",) and command[1:] in outputs, f"{marker.where}: {command} did not run"
+            text = outputs[command[1:]]
+        else:
+            path = workdir / marker.source
+            assert path.is_file(), f"{marker.where}: no {marker.source} after the README's commands"
+            text = path.read_text(encoding="utf-8")
+        if marker.full and not FULL_RUN:
+            if marker.selector.startswith("/"):
+                assert re.search(marker.selector.strip("/"), text), f"{marker.where}: {marker.selector} not found"
+            else:
+                assert marker.selector in json.loads(text), f"{marker.where}: no {marker.selector}"
+        else:
+            marker.check(text)
+
+
+@pytest.mark.slow
 def test_every_block_runs_as_written(workdir):
-    done: set[tuple[str, ...]] = set()
+    outputs: dict[tuple[str, ...], str] = {}
     ran_python = trees_checked = 0
     for block in readme_blocks():
         if block.skip_reason:
@@ -129,9 +262,8 @@ def test_every_block_runs_as_written(workdir):
         where = f"README.md:{block.line}"
         if block.language in ("bash", "sh", "shell", "console"):
             for command in block.hf_vlp_commands():
-                if tuple(command) not in done:
-                    _run([sys.executable, "-m", "trainers.cli", *command], workdir, where)
-                    done.add(tuple(command))
+                if tuple(command) not in outputs:
+                    outputs[tuple(command)] = _run([sys.executable, "-m", "trainers.cli", *command], workdir, where)
         elif block.language == "python":
             script = workdir / f"readme_block_{block.line}.py"
             script.write_text(block.body, encoding="utf-8")
@@ -141,7 +273,13 @@ def test_every_block_runs_as_written(workdir):
                 assert stdout.strip(), f"{where}: the block prints nothing"
         elif "├──" in block.body:
             trees_checked += _check_tree(block, workdir)
-    assert ("pretrain", "--recipe", "demo") in done and ran_python >= 2 and trees_checked >= 1
+    assert ("pretrain", "--recipe", "demo") in outputs and ran_python >= 2 and trees_checked >= 1
     model = workdir / "hf_vlp_demo_output" / "model"
     assert not (model / "training_args.bin").exists(), "the Hub-ready folder must hold no pickle"
     assert (model / "config.json").is_file() and (model / "model.safetensors").is_file()
+    # "Evaluate any saved model ...: the numbers equal those of the training run"
+    trained = json.loads((workdir / "hf_vlp_demo_output" / "eval_results.json").read_text())
+    evaluated = json.loads((workdir / "hf_vlp_demo_eval" / "eval_results.json").read_text())
+    recalls = [key for key in trained if "R@" in key or key.endswith(("mean_recall", "zero_shot_top1"))]
+    assert recalls and {key: evaluated.get(key) for key in recalls} == pytest.approx({k: trained[k] for k in recalls})
+    _check_run_numbers(workdir, outputs)

@@ -8,13 +8,26 @@ read.
 from __future__ import annotations
 
 import difflib
+import logging
 import os
 from typing import Any
 
 from .errors import RUNTIME, USAGE, UserError, closest_names, looks_like_path
 
 
-__all__ = ["check_job_args", "check_model_path", "data_error", "describe_folder"]
+__all__ = ["check_distributed_launch", "check_job_args", "check_model_path", "data_error", "describe_folder"]
+
+
+class _ReplacedByRefusal(logging.Filter):
+    """Drops transformers' warning for a multi-process launch without distributed training, which
+    `check_distributed_launch` refuses in one line naming the fix (the warning is logged only in that situation)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("torch.distributed process group is initialized, but parallel_mode")
+
+
+# Installed on import: the CLI imports this module before it parses the TrainingArguments that log the warning.
+logging.getLogger("transformers.training_args").addFilter(_ReplacedByRefusal())
 
 # Column names that usually hold the caption, in the order they are suggested for `--text-column`.
 CAPTION_COLUMNS = ("caption", "text", "captions", "sentence", "title", "description", "desc", "query")
@@ -87,6 +100,32 @@ def _check_distributed_grad_cache(training_args: Any) -> None:
         )
 
 
+def check_distributed_launch(training_args: Any) -> None:
+    """Refuse several launched processes that the Trainer would not train as one job.
+
+    `torchrun` / `accelerate launch` on a machine without GPUs start the processes, but accelerate sets up no
+    distributed training for them unless `--use_cpu` asks for CPU DDP (`DistributedType.NO`; its FSDP needs GPUs):
+    every rank would then train the whole model on the same batches, unsynchronised, while torch.distributed is still
+    initialised, so the contrastive loss would gather each batch's duplicate from the other ranks as negatives.
+    `TrainingArguments` sets up the devices (and the process group) while it is parsed, with a warning about this
+    situation that `_ReplacedByRefusal` drops: its advice (`torch.distributed.launch`) does not help here.
+    """
+    launched = int(os.environ.get("WORLD_SIZE") or 1)
+    if launched <= 1:
+        return
+    from transformers.training_args import ParallelMode
+
+    if training_args.parallel_mode not in (ParallelMode.NOT_PARALLEL, ParallelMode.NOT_DISTRIBUTED):
+        return
+    fsdp = training_args.fsdp or os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"
+    why = "accelerate sets up FSDP on GPUs only" if fsdp else "no GPU found and no --use_cpu"
+    raise UserError(
+        f"{launched} processes were launched but none is set up for distributed training ({why}), so each would "
+        "train the whole model on the same batches: on CPU add --use_cpu (DDP over gloo), or run one process",
+        USAGE,
+    )
+
+
 def _check_resume(training_args: Any) -> None:
     value = training_args.resume_from_checkpoint
     if value is None:
@@ -110,6 +149,7 @@ def check_job_args(model_args: Any, data_args: Any, training_args: Any) -> None:
     check_model_path(model_args.model)
     _check_preset(model_args.preset)
     _check_distributed_grad_cache(training_args)
+    check_distributed_launch(training_args)
     _check_resume(training_args)
     for flag, folder in (("--train-dir", data_args.train_dir), ("--eval-dir", data_args.eval_dir)):
         if folder:
