@@ -69,7 +69,8 @@ class _Reshape(ConversionOps):
     ) -> dict[str, torch.Tensor]:
         (tensors,) = input_dict.values()
         tensor = tensors[0] if isinstance(tensors, list) else tensors
-        return {target_patterns[0]: tensor.reshape(self.shape)}
+        # the key keeps its name; the pattern names several keys, so the key is the one this call converts
+        return {kwargs["full_layer_name"]: tensor.reshape(self.shape)}
 
     @property
     def reverse_op(self) -> ConversionOps:
@@ -80,8 +81,7 @@ def register_scalar_conversions(model_type: str) -> None:
     """Register, for the models of `model_type`, the load-side reshape of the stored 0-d scalars to `[1]` (and with
     it the save-side reshape back to 0-d). Called when a modeling file is imported, also as Hub custom code; a second
     import replaces the same mapping."""
-    conversions = [
-        WeightConverter(source_patterns=name, target_patterns=name, operations=[_Reshape((1,))])
-        for name in SCALAR_PARAMETER_NAMES
-    ]
-    register_checkpoint_conversion_mapping(model_type, conversions, overwrite=True)
+    # One pattern for all the names (a model may lack some: `logit_bias` only exists with the sigmoid loss).
+    names = "|".join(SCALAR_PARAMETER_NAMES)
+    conversion = WeightConverter(source_patterns=f"({names})", target_patterns=r"\1", operations=[_Reshape((1,))])
+    register_checkpoint_conversion_mapping(model_type, [conversion], overwrite=True)
