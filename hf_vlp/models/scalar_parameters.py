@@ -1,7 +1,8 @@
 """Learned scalars (`logit_scale`, `logit_bias`): one-element vectors in memory, 0-d tensors on disk.
 
-Why two shapes: torch's FSDP2 `fully_shard` refuses 0-d parameters on every device (and FSDP1 breaks on them in its
-state-dict handling), so in memory each learned scalar is a `[1]` parameter. On disk it stays what CLIP,
+Why two shapes: torch's FSDP2 `fully_shard` refuses 0-d parameters on every device ("Change logit_scale to a 1D
+tensor with numel equal to 1"; FSDP1's state-dict handling has tripped on them too, pytorch PR 132934), so in memory
+each learned scalar is a `[1]` parameter. On disk it stays what CLIP,
 Chinese-CLIP and hf-vlp folders saved before this change store: a 0-d tensor. So older folders load into the new
 models, new folders load into older hf-vlp releases, and a converted dual encoder still maps back onto
 `ChineseCLIPModel` / cn-clip one-to-one.
