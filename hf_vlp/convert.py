@@ -255,7 +255,7 @@ def map_chinese_clip_state_dict(state: dict[str, torch.Tensor], config: DualEnco
         elif key == "text_projection":
             mapped["text_projection.weight"] = value.t()
         elif key == "logit_scale":
-            mapped[key] = value
+            mapped[key] = value.reshape(1)  # cn-clip's 0-d scalar as the model holds it (see scalar_parameters.py)
         elif key.endswith(("attn.in_proj_weight", "attn.in_proj_bias")) and key.startswith("visual.transformer."):
             layer = key.split(".")[3]
             kind = "weight" if key.endswith("weight") else "bias"
@@ -298,7 +298,7 @@ def to_chinese_clip_state_dict(model: DualEncoderModel) -> dict[str, torch.Tenso
         elif key in ("visual_projection.weight", "text_projection.weight"):
             result["visual.proj" if key.startswith("visual") else "text_projection"] = value.t()
         elif key == "logit_scale":
-            result[key] = value
+            result[key] = value.reshape(())  # cn-clip's `CLIP.logit_scale` is 0-d
         elif ".self_attn.q_proj." in key:
             layer, kind = key.split(".")[3], key.rsplit(".", 1)[1]
             parts = [state[key.replace("q_proj", part)] for part in ("q_proj", "k_proj", "v_proj")]

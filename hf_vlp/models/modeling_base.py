@@ -27,6 +27,7 @@ from transformers.utils.generic import can_return_tuple
 
 from .contrastive import image_text_contrastive_loss, sigmoid_contrastive_loss
 from .retrieval_core import RetrievalEmbeddings, gather_contrastive_batch
+from .scalar_parameters import vectorize_scalars
 from .towers import load_tower, present, text_tower_features, vision_tower_features
 
 
@@ -86,6 +87,11 @@ class VLPPreTrainedModel(PreTrainedModel):
         if getattr(module, "logit_scale", None) is not None and isinstance(module.logit_scale, nn.Parameter):
             init.constant_(module.logit_scale, self.config.logit_scale_init_value)
 
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args, **kwargs) -> None:
+        # torch's `load_state_dict` (the Trainer's resume, conversions) of a state dict with 0-d learned scalars
+        vectorize_scalars(state_dict, prefix)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def _after_load(self, missing_keys: list[str]) -> None:
         """Hook run after every `from_pretrained`: re-apply frozen parameters and other load-time invariants."""
 
@@ -103,8 +109,9 @@ class VLPPreTrainedModel(PreTrainedModel):
         self.text_model.set_input_embeddings(value)
 
     def get_logit_scale(self) -> torch.Tensor:
-        """exp(logit_scale) clamped to `config.logit_scale_max`, as CLIP (and ALBEF) bound the temperature."""
-        return self.logit_scale.clamp(max=math.log(self.config.logit_scale_max)).exp()
+        """exp(logit_scale) clamped to `config.logit_scale_max`, as CLIP (and ALBEF) bound the temperature; 0-d, as
+        CLIP's (the parameter is `[1]` only for FSDP2, see `scalar_parameters.py`)."""
+        return self.logit_scale.clamp(max=math.log(self.config.logit_scale_max)).exp().squeeze(0)
 
     # Whether `match_score` is already a log-odds (a fusion ITM head) that is a probability uncalibrated.
     match_score_is_log_odds = False
@@ -361,6 +368,15 @@ class VLPPreTrainedModel(PreTrainedModel):
         return {ZERO_SHOT_AUTO_CLASS: f"{type(self).__module__.split('.')[-1]}.{type(self).__name__}"}
 
     def save_pretrained(self, save_directory, *args, **kwargs):
+        shipped_class = next(cls for cls in type(self).__mro__ if not cls.__module__.startswith("torch."))
+        if shipped_class is not type(self):
+            # FSDP2's `fully_shard` swaps the model's class for one it derives at run time (`FSDPDualEncoderModel`
+            # in a torch module); `auto_map` and the copied code must name the class this folder's code defines.
+            sharded_class, self.__class__ = self.__class__, shipped_class
+            try:
+                return self.save_pretrained(save_directory, *args, **kwargs)
+            finally:
+                self.__class__ = sharded_class
         if getattr(self, "_auto_class", None) is not None:
             self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **self._extra_auto_map()}
         return super().save_pretrained(save_directory, *args, **kwargs)

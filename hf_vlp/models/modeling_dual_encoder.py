@@ -24,6 +24,7 @@ from .contrastive import token_wise_similarity
 from .modeling_base import VLPPreTrainedModel
 from .patch_dropout import attach_patch_dropout
 from .retrieval_core import RetrievalEmbeddings
+from .scalar_parameters import register_scalar_conversions, scalar_parameter
 from .towers import build_tower, lock_tower, vision_width
 
 
@@ -34,6 +35,9 @@ __all__ = [
     "VLPPreTrainedModel",
     "DualEncoderModel",
 ]
+
+
+register_scalar_conversions(DualEncoderConfig.model_type)
 
 
 @dataclass
@@ -135,10 +139,10 @@ class DualEncoderModel(VLPPreTrainedModel):
         vision_dim = vision_width(config.vision_config)
         self.text_projection = nn.Linear(text_dim, config.projection_dim, bias=False)
         self.visual_projection = nn.Linear(vision_dim, config.projection_dim, bias=False)
-        self.logit_scale = nn.Parameter(torch.tensor(config.logit_scale_init_value))
+        self.logit_scale = scalar_parameter(config.logit_scale_init_value)
         # SigLIP's learned bias of the sigmoid loss; no weight decay (like logit_scale).
         self.logit_bias = (
-            nn.Parameter(torch.tensor(config.logit_bias_init_value)) if config.contrastive_loss == "sigmoid" else None
+            scalar_parameter(config.logit_bias_init_value) if config.contrastive_loss == "sigmoid" else None
         )
         if config.vision_patch_dropout:
             attach_patch_dropout(self.vision_model, config)

@@ -40,6 +40,7 @@ from .fusion_pretraining import FusionPreTrainingObjectives, _PreTrainingBatch
 from .fusion_ranking import CrossEncoderRankingMixin
 from .modeling_base import MOMENTUM_SUFFIX, ZERO_SHOT_AUTO_CLASS, VLPPreTrainedModel
 from .modeling_dual_encoder import DualEncoderModel
+from .scalar_parameters import register_scalar_conversions, scalar_parameter
 from .towers import build_tower, present, vision_width
 
 
@@ -52,6 +53,7 @@ __all__ = [
 ]
 
 logger = logging.get_logger(__name__)
+register_scalar_conversions(FusionEncoderConfig.model_type)
 
 
 class FusionEncoderForRetrieval(CrossEncoderRankingMixin, VLPPreTrainedModel):
@@ -94,7 +96,7 @@ class FusionEncoderForRetrieval(CrossEncoderRankingMixin, VLPPreTrainedModel):
     def _build_modules(self) -> None:
         """Create the sub-modules (before `post_init`); subclasses add theirs after calling this."""
         self._build_encoders(suffix="")
-        self.logit_scale = nn.Parameter(torch.tensor(self.config.logit_scale_init_value))
+        self.logit_scale = scalar_parameter(self.config.logit_scale_init_value)
 
     def _build_encoders(self, suffix: str) -> None:
         """Towers, contrastive projections and cross encoder(s), named `<name><suffix>` (the momentum copy
