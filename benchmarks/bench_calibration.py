@@ -21,8 +21,8 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks import common
 from benchmarks.bench_quality import _hf_vlp, model_config, run_ours
-from benchmarks.common import RESULTS_DIR, machine_info, print_table, write_report
 from benchmarks.real_data import build_real_data
 from trainers.cli.pretrain import FINAL_MODEL_SUBDIR
 
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="seconds-long run for CI; numbers mean nothing")
     parser.add_argument("--deb", default=None, help="a downloaded tuxpaint-stamps-default .deb")
     parser.add_argument("--workdir", default=None)
-    parser.add_argument("--output", default=str(RESULTS_DIR / "calibration_real_data.json"))
+    parser.add_argument("--output", default=str(common.RESULTS_DIR / "calibration_real_data.json"))
     args = parser.parse_args(argv)
     if args.smoke:
         args.epochs, args.max_train_samples, args.batch = 1, 64, 32
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     calibration = json.loads((model_dir / "calibration.json").read_text())
 
-    print_table(
+    common.print_table(
         f"Match-probability calibration (Tux Paint zh: trained on {data.stats['train_images']} images, "
         f"fitted on {calibration['num_fit_pairs']} / measured on {calibration['num_held_out_pairs']} held-out pairs; "
         f"retrieval mean recall {trained['metrics']['eval_mean_recall']:.1f})",
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         ],
     )  # fmt: skip
     for name in ("before", "after"):
-        print_table(
+        common.print_table(
             f"Reliability {name}",
             ["bin", "pairs", "mean probability", "match rate"],
             [
@@ -81,13 +81,13 @@ def main(argv: list[str] | None = None) -> int:
             ],
         )
     report = {
-        "machine": machine_info("cpu"),
+        "machine": common.machine_info("cpu"),
         "data": data.stats,
         "settings": {k: v for k, v in vars(args).items() if k != "output"},
         "training": trained,
         "calibration": calibration,
     }
-    write_report(args.output, report)
+    common.write_report(args.output, report)
     return 0
 
 

@@ -14,7 +14,7 @@ Reported per variant: pairs/s (median of `--rounds` timed blocks of `--steps` st
 include compilation), step time, MFU against `--peak-tflops` with the issue's nominal 132 GFLOP per pair (forward
 and backward at that size; FLIP variants thus report an *effective* MFU: full-image work per second), the FLOPs per
 pair counted by `FlopCounterMode` for the uncompiled variants, and peak memory above the post-setup baseline
-(CUDA: `torch.cuda.max_memory_allocated`; CPU: the live-tensor peak of one eager step, `common.TensorPeak`). Ratios
+(CUDA: `torch.cuda.max_memory_allocated`; CPU: the live-tensor peak of one eager step, `memory.TensorPeak`). Ratios
 are against `reference` (uncompiled) and `reference+compile`. A variant that would overrun `--time-budget` is
 skipped and listed as such, never estimated.
 
@@ -37,24 +37,8 @@ from typing import Any
 if __package__ in (None, ""):  # run as a file: make `benchmarks.common` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.bench_train_step import SIZES, build_models, make_batch  # noqa: E402
-from benchmarks.common import (  # noqa: E402
-    BENCH_DATE,
-    DEFAULT_PEAK_TFLOPS,
-    RESULTS_DIR,
-    TensorPeak,
-    autocast,
-    build_optimizer,
-    count_flops,
-    fmt_bytes,
-    fmt_ratio,
-    machine_info,
-    print_table,
-    set_attention,
-    sync,
-    torch_threads,
-    write_report,
-)
+from benchmarks import common, memory  # noqa: E402
+from benchmarks.train_models import SIZES, build_models, make_batch  # noqa: E402
 
 
 __all__ = ["NOMINAL_GFLOP_PER_PAIR", "VARIANTS", "main"]
@@ -79,7 +63,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--time-budget", type=float, default=420.0, help="seconds for all variants; later ones are skipped past it"
     )
     parser.add_argument(
-        "--peak-tflops", type=float, default=None, help=f"MFU denominator (CUDA: {DEFAULT_PEAK_TFLOPS})"
+        "--peak-tflops", type=float, default=None, help=f"MFU denominator (CUDA: {common.DEFAULT_PEAK_TFLOPS})"
     )
     parser.add_argument(
         "--compile-backend",
@@ -114,7 +98,7 @@ def build_variant(name: str, reference, ours):
 
 
 def train_step(model, optimizer, batch: dict, device: str, dtype: str) -> None:
-    with autocast(device, dtype):
+    with common.autocast(device, dtype):
         loss = model(**batch, return_loss=True).loss
     loss.backward()
     optimizer.step()
@@ -127,43 +111,45 @@ def measure(name: str, model, batch: dict, args: argparse.Namespace, nominal_flo
 
     device = args.device
     model.to(device).train()
-    set_attention(model, "sdpa")
+    common.set_attention(model, "sdpa")
     counted = None
     if "compile" not in name:
         small = {key: value[: min(4, args.batch)] for key, value in batch.items()}
-        counted = count_flops(model, lambda m: m(**small, return_loss=True).loss.backward()) / len(small["input_ids"])
+        counted = common.count_flops(model, lambda m: m(**small, return_loss=True).loss.backward()) / len(
+            small["input_ids"]
+        )
         model.zero_grad(set_to_none=True)
     if "compile" in name:
         model.text_model.compile(backend=args.compile_backend)
         model.vision_model.compile(backend=args.compile_backend)
-    optimizer = build_optimizer(model, fused=device.startswith("cuda"))
+    optimizer = common.build_optimizer(model, fused=device.startswith("cuda"))
     cuda = device.startswith("cuda")
     if cuda:
-        sync(device)
+        common.sync(device)
         torch.cuda.reset_peak_memory_stats(device)
         baseline = torch.cuda.memory_allocated(device)
     started = time.perf_counter()
     for _ in range(args.warmup):
         train_step(model, optimizer, batch, device, args.dtype)
-    sync(device)
+    common.sync(device)
     warmup_seconds = time.perf_counter() - started
     rates = []
     for _ in range(args.rounds):
         started = time.perf_counter()
         for _ in range(args.steps):
             train_step(model, optimizer, batch, device, args.dtype)
-        sync(device)
+        common.sync(device)
         rates.append(args.steps * args.batch / (time.perf_counter() - started))
     if cuda:
         peak = torch.cuda.max_memory_allocated(device) - baseline
         peak_method = "torch.cuda.max_memory_allocated above the post-setup baseline"
     else:
-        with TensorPeak() as tensors:
+        with memory.TensorPeak() as tensors:
             train_step(model, optimizer, batch, device, args.dtype)
         peak = tensors.peak
         peak_method = "live-tensor peak of one steady-state step (TensorPeak; blind inside compiled graphs)"
     pairs_per_s = statistics.median(rates)
-    peak_tflops = args.peak_tflops if args.peak_tflops is not None else (DEFAULT_PEAK_TFLOPS if cuda else None)
+    peak_tflops = args.peak_tflops if args.peak_tflops is not None else (common.DEFAULT_PEAK_TFLOPS if cuda else None)
     return {
         "pairs_per_s": pairs_per_s,
         "rates": rates,
@@ -190,14 +176,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     threads = args.threads if args.threads is not None else (0 if cuda else 1)
     seq_len = 52 if size == "base" else SIZES[size]["seq_len"]
     suite_started = time.perf_counter()
-    with torch_threads(threads):
+    with common.torch_threads(threads):
         reference, ours = build_models(size, seed=0)
         batch = make_batch(size, args.batch, seq_len, args.device)
         if size == "base":
             nominal = NOMINAL_GFLOP_PER_PAIR * 1e9
         else:  # tiny towers: the counted FLOPs of our uncompiled step stand in for the nominal figure
             small = {key: value[:4].cpu() for key, value in batch.items()}
-            nominal = count_flops(ours, lambda m: m(**small, return_loss=True).loss.backward()) / 4
+            nominal = common.count_flops(ours, lambda m: m(**small, return_loss=True).loss.backward()) / 4
             ours.zero_grad(set_to_none=True)
         results: dict[str, Any] = {}
         for name in args.variants.split(","):
@@ -217,9 +203,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             entry["ratio_pairs_per_s_vs_reference"] = entry["pairs_per_s"] / base["pairs_per_s"]
             entry["ratio_peak_memory_vs_reference"] = entry["peak_bytes"] / max(base["peak_bytes"], 1)
     report = {
-        "benchmark": "gpu_suite",
-        "date": BENCH_DATE,
-        "machine": machine_info(args.device),
+        **common.report_head("gpu_suite", args.device),
         "config": {
             "smoke": args.smoke,
             "size": size,
@@ -251,17 +235,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 f"{entry['pairs_per_s']:.1f}",
                 f"{entry['step_seconds'] * 1000:.1f}",
                 "-" if entry["mfu"] is None else f"{entry['mfu'] * 100:.1f}%",
-                fmt_bytes(entry["peak_bytes"]),
-                fmt_ratio(entry.get("ratio_pairs_per_s_vs_reference")),
-                fmt_ratio(entry.get("ratio_peak_memory_vs_reference")),
+                common.fmt_bytes(entry["peak_bytes"]),
+                common.fmt_ratio(entry.get("ratio_pairs_per_s_vs_reference")),
+                common.fmt_ratio(entry.get("ratio_peak_memory_vs_reference")),
             ]
         )
-    print_table(
+    common.print_table(
         f"GPU suite ({report['config']['towers']}, batch {args.batch}, {args.dtype}, SDPA)",
         ["variant", "pairs/s", "ms/step", "MFU", "peak mem", "speed vs ref", "mem vs ref"],
         rows,
     )
-    write_report(args.output or RESULTS_DIR / ("gpu_suite_smoke.json" if args.smoke else "gpu_suite.json"), report)
+    common.write_report(
+        args.output or common.RESULTS_DIR / ("gpu_suite_smoke.json" if args.smoke else "gpu_suite.json"), report
+    )
     return report
 
 

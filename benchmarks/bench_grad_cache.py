@@ -7,7 +7,7 @@ For each global batch size, a dual-encoder train step (contrastive loss over the
   gradients (checked once, on the smallest batch, before timing) with the activation memory of one sub-batch.
 
 and reports peak memory (each (batch, variant) in its own subprocess, above the post-setup baseline, as RSS or
-CUDA allocator peak and as live-tensor peak of a steady-state step; see `benchmarks/common.py`) and pairs/s (both
+CUDA allocator peak and as live-tensor peak of a steady-state step; see `benchmarks/memory.py`) and pairs/s (both
 variants in one process, interleaved ABBA, medians). A variant that runs out of memory is reported as OOM and not
 timed. With caching, the
 memory must stay flat in the batch apart from the terms that are inherently O(batch) (embeddings) and O(batch^2)
@@ -21,8 +21,6 @@ memory must stay flat in the batch apart from the terms that are inherently O(ba
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -31,29 +29,12 @@ from typing import Any
 if __package__ in (None, ""):  # run as a file: make `benchmarks.common` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import (  # noqa: E402
-    BENCH_DATE,
-    RESULTS_DIR,
-    PeakMemory,
-    TensorPeak,
-    add_device_arguments,
-    autocast,
-    build_optimizer,
-    compile_towers,
-    device_settings,
-    fmt_bytes,
-    fmt_ratio,
-    interleaved_rates,
-    machine_info,
-    print_table,
-    run_worker,
-    set_attention,
-    torch_threads,
-    write_report,
-)
+from benchmarks import common, memory  # noqa: E402
+from benchmarks.train_models import make_batch as train_step_batch  # noqa: E402
+from benchmarks.train_models import train_step  # noqa: E402
 
 
-__all__ = ["main", "plain_step", "grad_cache_step"]
+__all__ = ["grad_cache_step", "main"]
 
 
 def fmt_rate(value: float | None) -> str:
@@ -80,26 +61,15 @@ def build_model(size: str, seed: int, settings: dict):
 
     torch.manual_seed(seed)
     model = DualEncoderModel(DualEncoderConfig.from_preset(SIZES[size]["preset"])).to(settings["device"])
-    set_attention(model, settings["attn_implementation"])
+    common.set_attention(model, settings["attn_implementation"])
     if settings["compile"]:
-        compile_towers(model)
+        common.compile_towers(model)
     return model.train()
 
 
 def make_batch(size: str, batch: int, device: str, seed: int = 0) -> dict:
-    """Random padded captions and pixels (see `bench_train_step.make_batch`)."""
-    from benchmarks.bench_train_step import make_batch as train_batch
-
-    return train_batch(size, batch, SIZES[size]["seq_len"], device, seed)
-
-
-def plain_step(model, optimizer, batch: dict, settings: dict) -> None:
-    """The reference: the whole batch in one graph."""
-    with autocast(settings["device"], settings["dtype"]):
-        loss = model(**batch, return_loss=True).loss
-    loss.backward()
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+    """Random padded captions and pixels (see `train_models.make_batch`)."""
+    return train_step_batch(size, batch, SIZES[size]["seq_len"], device, seed)
 
 
 def grad_cache_step(model, optimizer, batch: dict, settings: dict, chunk_size: int) -> None:
@@ -111,15 +81,15 @@ def grad_cache_step(model, optimizer, batch: dict, settings: dict, chunk_size: i
         batch,
         chunk_size,
         backward=lambda loss: loss.backward(),
-        autocast=lambda: autocast(settings["device"], settings["dtype"]),
+        autocast=lambda: common.autocast(settings["device"], settings["dtype"]),
     )
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
 
 
 def step_for(variant: str, chunk_size: int):
-    if variant == "reference":
-        return plain_step
+    if variant == "reference":  # the whole batch in one graph: `train_models.train_step`
+        return train_step
     return lambda model, optimizer, batch, settings: grad_cache_step(model, optimizer, batch, settings, chunk_size)
 
 
@@ -160,13 +130,13 @@ def _memory_worker(spec: dict) -> dict:
     if settings["threads"]:
         torch.set_num_threads(settings["threads"])
     model = build_model(spec["size"], spec["seed"], settings)
-    optimizer = build_optimizer(model, settings["fused_adamw"])
+    optimizer = common.build_optimizer(model, settings["fused_adamw"])
     batch = make_batch(spec["size"], spec["batch"], settings["device"], spec["seed"])
     step = step_for(spec["variant"], spec["chunk_size"])
     # Run every code path once before the baseline, so that kernels' code pages (resident, hence in the RSS) and
     # compiled graphs are not counted: the same step with a throw-away optimizer whose state is then freed. The
     # full batch, not a smaller one, so that nothing is compiled for new shapes inside the measurement.
-    warm_optimizer = build_optimizer(model, settings["fused_adamw"])
+    warm_optimizer = common.build_optimizer(model, settings["fused_adamw"])
     try:
         step(model, warm_optimizer, batch, settings)
     except torch.OutOfMemoryError as error:
@@ -174,20 +144,20 @@ def _memory_worker(spec: dict) -> dict:
     del warm_optimizer
     model.zero_grad(set_to_none=True)
     gc.collect()
-    memory = PeakMemory(settings["device"])
-    memory.start()
+    meter = memory.PeakMemory(settings["device"])
+    meter.start()
     try:
         step(model, optimizer, batch, settings)
     except torch.OutOfMemoryError as error:
         return {"peak_bytes": None, "tensor_peak_bytes": None, "oom": str(error).splitlines()[0]}
-    peak, file_growth = memory.peak_bytes(), memory.file_backed_growth()
-    with TensorPeak() as tensors:  # one more, steady-state step: AdamW state exists, gradients were freed
+    peak, file_growth = meter.peak_bytes(), meter.file_backed_growth()
+    with memory.TensorPeak() as tensors:  # one more, steady-state step: AdamW state exists, gradients were freed
         step(model, optimizer, batch, settings)
     return {
         "peak_bytes": peak,
         "tensor_peak_bytes": tensors.peak,
         "oom": None,
-        "method": memory.method,
+        "method": meter.method,
         "file_backed_growth_bytes": file_growth,
     }
 
@@ -198,7 +168,7 @@ def _memory_worker(spec: dict) -> dict:
 def measure_rates(args, settings: dict, batch_size: int, variants: list[str]) -> dict[str, Any]:
     """pairs/s of `variants` at one batch size, interleaved, one model each (same initial weights)."""
     models = {variant: build_model(args.size, args.seed, settings) for variant in variants}
-    optimizers = {variant: build_optimizer(models[variant], settings["fused_adamw"]) for variant in variants}
+    optimizers = {variant: common.build_optimizer(models[variant], settings["fused_adamw"]) for variant in variants}
     batch = make_batch(args.size, batch_size, settings["device"], args.seed)
     steps = {variant: step_for(variant, args.chunk_size) for variant in variants}
     for variant in variants:
@@ -213,11 +183,13 @@ def measure_rates(args, settings: dict, batch_size: int, variants: list[str]) ->
         return run
 
     reference = "reference" if "reference" in variants else None
-    return interleaved_rates({v: runner(v) for v in variants}, args.rounds, settings["device"], reference=reference)
+    return common.interleaved_rates(
+        {v: runner(v) for v in variants}, args.rounds, settings["device"], reference=reference
+    )
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = common.benchmark_parser(__doc__)
     parser.add_argument("--size", default="tiny", choices=sorted(SIZES), help="tower sizes (from the presets)")
     parser.add_argument("--batches", default=None, help="comma-separated global batch sizes")
     parser.add_argument(
@@ -225,36 +197,27 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument("--rounds", type=int, default=3, help="interleaved timed steps per variant and batch size")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps per variant and batch size")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--timeout", type=float, default=1800, help="seconds per memory subprocess")
-    parser.add_argument("--smoke", action="store_true", help="seconds-long CI run: batches 16,32, chunk 8")
-    parser.add_argument(
-        "--output", default=None, help="JSON result (default benchmarks/results/grad_cache_<size>.json)"
-    )
-    add_device_arguments(parser)
-    parser.add_argument("--_worker", default=None, help=argparse.SUPPRESS)
+    common.add_run_arguments(parser, "seconds-long CI run: batches 16,32, chunk 8", "grad_cache_<size>", worker=True)
+    common.add_device_arguments(parser)
     args = parser.parse_args(argv)
-
-    if args._worker is not None:
-        print(json.dumps(_memory_worker(json.loads(args._worker))))
+    if common.serve_worker(args, _memory_worker):
         return {}
     if args.smoke:
         args.batches, args.chunk_size, args.rounds, args.warmup = "16,32", 8, 1, 0
     batches = [int(b) for b in (args.batches or SIZES[args.size]["batches"]).split(",") if b.strip()]
     args.chunk_size = args.chunk_size or SIZES[args.size]["chunk"]
-    if args.output is None:
-        args.output = str(RESULTS_DIR / f"grad_cache_{args.size}{'_smoke' if args.smoke else ''}.json")
-    settings = device_settings(args)
+    args.output = common.output_path(args, f"grad_cache_{args.size}")
+    settings = common.device_settings(args)
     print(
         f"size={args.size} chunk_size={args.chunk_size} device={settings['device']} dtype={settings['dtype']} "
         f"compile={settings['compile']} fused_adamw={settings['fused_adamw']} rounds={args.rounds}"
     )
-    with torch_threads(settings["threads"]):
+    with common.torch_threads(settings["threads"]):
         max_grad_diff = check_same_gradients(args.size, min(batches), args.chunk_size, args.seed)
         print(f"gradients equal (max abs diff {max_grad_diff:.2e})")
         results = []
         for batch_size in batches:
-            memory = {}
+            peaks = {}
             for variant in VARIANTS:
                 spec = {
                     "variant": variant,
@@ -264,12 +227,12 @@ def main(argv: list[str] | None = None) -> dict:
                     "seed": args.seed,
                     "settings": settings,
                 }
-                memory[variant] = run_worker(Path(__file__).resolve(), spec, args.timeout)
+                peaks[variant] = memory.run_worker(Path(__file__).resolve(), spec, args.timeout)
             # A variant that ran out of memory alone is not timed (it would run out again in this process).
-            fits = [variant for variant in VARIANTS if memory[variant]["oom"] is None]
+            fits = [variant for variant in VARIANTS if peaks[variant]["oom"] is None]
             rates = measure_rates(args, settings, batch_size, fits) if fits else {}
-            ref_peak, ours_peak = memory["reference"]["peak_bytes"], memory["ours"]["peak_bytes"]
-            ref_tensors, ours_tensors = memory["reference"]["tensor_peak_bytes"], memory["ours"]["tensor_peak_bytes"]
+            ref_peak, ours_peak = peaks["reference"]["peak_bytes"], peaks["ours"]["peak_bytes"]
+            ref_tensors, ours_tensors = peaks["reference"]["tensor_peak_bytes"], peaks["ours"]["tensor_peak_bytes"]
             row = {
                 "batch": batch_size,
                 "reference_pairs_per_s": rates.get("reference", {}).get("median"),
@@ -282,23 +245,23 @@ def main(argv: list[str] | None = None) -> dict:
                 "reference_tensor_peak_bytes": ref_tensors,
                 "ours_tensor_peak_bytes": ours_tensors,
                 "ratio_tensor_peak": (ours_tensors / ref_tensors) if ref_tensors and ours_tensors else None,
-                "reference_oom": memory["reference"]["oom"],
-                "ours_oom": memory["ours"]["oom"],
+                "reference_oom": peaks["reference"]["oom"],
+                "ours_oom": peaks["ours"]["oom"],
                 "similarity_matrix_bytes": batch_size * batch_size * 4,
                 "reference_rates": rates.get("reference", {}).get("rates"),
                 "ours_rates": rates.get("ours", {}).get("rates"),
-                "memory_method": memory["ours"].get("method"),
-                "file_backed_growth_bytes": {v: memory[v].get("file_backed_growth_bytes") for v in VARIANTS},
+                "memory_method": peaks["ours"].get("method"),
+                "file_backed_growth_bytes": {v: peaks[v].get("file_backed_growth_bytes") for v in VARIANTS},
             }
             results.append(row)
             print(
-                f"  batch {batch_size}: ref {fmt_rate(row['reference_pairs_per_s'])} pairs/s {fmt_bytes(ref_peak)}, "
-                f"ours {fmt_rate(row['ours_pairs_per_s'])} pairs/s {fmt_bytes(ours_peak)}",
+                f"  batch {batch_size}: ref {fmt_rate(row['reference_pairs_per_s'])} pairs/s {common.fmt_bytes(ref_peak)}, "
+                f"ours {fmt_rate(row['ours_pairs_per_s'])} pairs/s {common.fmt_bytes(ours_peak)}",
                 flush=True,
             )
     smallest = results[0]["ours_peak_bytes"] or 1
     smallest_tensors = results[0]["ours_tensor_peak_bytes"] or 1
-    print_table(
+    common.print_table(
         f"Contrastive batch scaling: plain step (reference) vs gradient caching, chunk {args.chunk_size} (ours)",
         [
             "batch",
@@ -319,23 +282,23 @@ def main(argv: list[str] | None = None) -> dict:
                 row["batch"],
                 fmt_rate(row["reference_pairs_per_s"]),
                 fmt_rate(row["ours_pairs_per_s"]),
-                fmt_ratio(row["ratio_pairs_per_s"]),
-                fmt_ratio(row["ratio_pairs_per_cpu_s"] if settings["device"] == "cpu" else None),
-                "OOM" if row["reference_oom"] else fmt_bytes(row["reference_peak_bytes"]),
-                "OOM" if row["ours_oom"] else fmt_bytes(row["ours_peak_bytes"]),
-                fmt_ratio(row["ratio_peak_memory"]),
-                fmt_ratio((row["ours_peak_bytes"] or 0) / smallest),
-                fmt_bytes(row["ours_tensor_peak_bytes"]),
-                fmt_ratio((row["ours_tensor_peak_bytes"] or 0) / smallest_tensors),
-                fmt_bytes(row["similarity_matrix_bytes"]),
+                common.fmt_ratio(row["ratio_pairs_per_s"]),
+                common.fmt_ratio(row["ratio_pairs_per_cpu_s"] if settings["device"] == "cpu" else None),
+                "OOM" if row["reference_oom"] else common.fmt_bytes(row["reference_peak_bytes"]),
+                "OOM" if row["ours_oom"] else common.fmt_bytes(row["ours_peak_bytes"]),
+                common.fmt_ratio(row["ratio_peak_memory"]),
+                common.fmt_ratio((row["ours_peak_bytes"] or 0) / smallest),
+                common.fmt_bytes(row["ours_tensor_peak_bytes"]),
+                common.fmt_ratio((row["ours_tensor_peak_bytes"] or 0) / smallest_tensors),
+                common.fmt_bytes(row["similarity_matrix_bytes"]),
             ]
             for row in results
         ],
     )
     report = {
-        "benchmark": "contrastive batch scaling: plain step vs trainers.grad_cache.grad_cache_backward",
-        "date": BENCH_DATE,
-        "machine": machine_info(settings["device"]),
+        **common.report_head(
+            "contrastive batch scaling: plain step vs trainers.grad_cache.grad_cache_backward", settings["device"]
+        ),
         "config": {
             "size": args.size,
             "preset": SIZES[args.size]["preset"],
@@ -350,7 +313,7 @@ def main(argv: list[str] | None = None) -> dict:
         "max_grad_diff": max_grad_diff,
         "results": results,
     }
-    write_report(args.output, report)
+    common.write_report(args.output, report)
     return report
 
 

@@ -24,7 +24,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import BENCH_DATE, RESULTS_DIR, fmt_bytes, fmt_ratio, machine_info, print_table, write_report  # noqa: E402
+from benchmarks import common  # noqa: E402
 
 
 def clustered(num: int, dim: int, clusters: int, seed: int, latent: int = 32, block: int = 50_000):
@@ -140,11 +140,11 @@ def run_size(num: int, args: argparse.Namespace) -> dict[str, Any]:
             [
                 row.get("factory", name),
                 f"{row['build_seconds']:.1f}",
-                fmt_bytes(row["memory_bytes"]),
+                common.fmt_bytes(row["memory_bytes"]),
                 f"{row['bytes_per_vector']:.0f}",
                 f"{row['p50_ms']:.2f}",
                 f"{row['p99_ms']:.2f}",
-                fmt_ratio(speedup),
+                common.fmt_ratio(speedup),
                 f"{row['recall@10']:.3f}",
             ]
         )
@@ -158,11 +158,11 @@ def run_size(num: int, args: argparse.Namespace) -> dict[str, Any]:
                     "",
                     f"{refined_row['p50_ms']:.2f}",
                     f"{refined_row['p99_ms']:.2f}",
-                    fmt_ratio(exact_p50 / refined_row["p50_ms"]),
+                    common.fmt_ratio(exact_p50 / refined_row["p50_ms"]),
                     f"{refined_row['recall@10']:.3f}",
                 ]
             )
-    print_table(
+    common.print_table(
         f"{num:,} x {args.dim}, {args.queries} queries in batches of {args.query_batch}, top-{k}, "
         f"{args.threads} thread(s); ratio = chunked_topk p50 / this p50",
         ["index", "build s", "memory", "B/vector", "p50 ms", "p99 ms", "vs chunked_topk", "recall@10"],
@@ -200,17 +200,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     faiss.omp_set_num_threads(args.threads)
     torch.set_num_threads(args.threads)
-    report: dict[str, Any] = {"date": BENCH_DATE, "machine": machine_info("cpu"), "args": vars(args), "sizes": {}}
+    report: dict[str, Any] = {
+        "date": common.BENCH_DATE,
+        "machine": common.machine_info("cpu"),
+        "args": vars(args),
+        "sizes": {},
+    }
     for num in args.sizes:
         report["sizes"][str(num)] = run_size(num, args)
     paper = []
     largest = report["sizes"][str(max(args.sizes))]
     for name, row in largest.items():
         per_vector = row["bytes_per_vector"]
-        paper.append([row.get("factory", name), f"{per_vector:.0f}", fmt_bytes(per_vector * 10_000_000)])
-    print_table("10M vectors on paper (measured bytes per vector x 10M)", ["index", "B/vector", "10M"], paper)
+        paper.append([row.get("factory", name), f"{per_vector:.0f}", common.fmt_bytes(per_vector * 10_000_000)])
+    common.print_table("10M vectors on paper (measured bytes per vector x 10M)", ["index", "B/vector", "10M"], paper)
     report["paper_10M_bytes"] = {row[0]: float(row[1]) * 10_000_000 for row in paper}
-    write_report(args.output or RESULTS_DIR / ("index_smoke.json" if args.smoke else "index.json"), report)
+    common.write_report(
+        args.output or common.RESULTS_DIR / ("index_smoke.json" if args.smoke else "index.json"), report
+    )
     return report
 
 

@@ -27,16 +27,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import (  # noqa: E402
-    BENCH_DATE,
-    RESULTS_DIR,
-    fmt_ratio,
-    interleaved_rates,
-    machine_info,
-    print_table,
-    torch_threads,
-    write_report,
-)
+from benchmarks import common  # noqa: E402
 
 
 def _base_model():
@@ -89,7 +80,7 @@ def speed(args: argparse.Namespace) -> dict[str, Any]:
     image_size = model.config.vision_config.image_size
     processor = _processor(image_size, args.text_length)
     rows, results = [], {}
-    with tempfile.TemporaryDirectory() as tmp, torch_threads(args.threads):
+    with tempfile.TemporaryDirectory() as tmp, common.torch_threads(args.threads):
         start = time.perf_counter()
         export = export_onnx(model, tmp, processor)
         export_seconds = time.perf_counter() - start
@@ -127,7 +118,7 @@ def speed(args: argparse.Namespace) -> dict[str, Any]:
                         return n
 
                     run_torch(), run_ort()  # warm-up
-                    summary = interleaved_rates(
+                    summary = common.interleaved_rates(
                         {"pytorch": run_torch, "onnxruntime": run_ort}, args.rounds, reference="pytorch"
                     )
                 key = f"{tower}_batch{batch}"
@@ -141,11 +132,11 @@ def speed(args: argparse.Namespace) -> dict[str, Any]:
                         f"{1000 * batch / ort_rate:.1f}",
                         f"{torch_rate:.1f}",
                         f"{ort_rate:.1f}",
-                        fmt_ratio(summary["onnxruntime"]["ratio_to_reference"]),
+                        common.fmt_ratio(summary["onnxruntime"]["ratio_to_reference"]),
                         f"{max_diff:.1e}",
                     ]
                 )
-    print_table(
+    common.print_table(
         f"ORT vs PyTorch, {'tiny' if args.smoke else 'ViT-B/16 + BERT-base'}, {args.threads} thread(s), text length "
         f"{args.text_length}, median of {args.rounds} interleaved rounds",
         ["tower", "batch", "torch ms/call", "ORT ms/call", "torch items/s", "ORT items/s", "ORT/torch", "max |diff|"],
@@ -206,7 +197,7 @@ def recall(args: argparse.Namespace) -> dict[str, Any]:
                 + [f"{metrics[k]:.1f}" for k in ("t2i_R@1", "t2i_R@5", "t2i_R@10", "i2t_R@1", "mean_recall")]
                 + [f"{sizes / 2**20:.2f} MiB" if sizes else "-"]
             )
-    print_table(
+    common.print_table(
         f"Quality of the exported graphs on the demo eval set ({len(images)} images, {len(texts)} captions)",
         ["variant", "t2i R@1", "t2i R@5", "t2i R@10", "i2t R@1", "mean recall", "graph size"],
         table,
@@ -229,7 +220,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     if args.smoke:
         args.rounds, args.batch_sizes = 1, [1, 4]
-    report: dict[str, Any] = {"date": BENCH_DATE, "machine": machine_info("cpu"), "args": vars(args)}
+    report: dict[str, Any] = {"date": common.BENCH_DATE, "machine": common.machine_info("cpu"), "args": vars(args)}
     if not args.skip_speed:
         report["speed"] = speed(args)
     if args.recall_model:
@@ -237,7 +228,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             parser.error("--recall-model needs --demo-dir")
         report["quality"] = recall(args)
     name = "onnx_smoke.json" if args.smoke else ("onnx.json" if not args.skip_speed else "onnx_quality.json")
-    write_report(args.output or RESULTS_DIR / name, report)
+    common.write_report(args.output or common.RESULTS_DIR / name, report)
     return report
 
 

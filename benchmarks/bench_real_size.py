@@ -31,18 +31,7 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import (
-    RESULTS_DIR,
-    PeakMemory,
-    _status_kib,
-    fmt_bytes,
-    fmt_ratio,
-    interleaved_rates,
-    machine_info,
-    print_table,
-    run_worker,
-    write_report,
-)
+from benchmarks import common, memory
 
 
 CONTEXT_LENGTH = 52
@@ -123,24 +112,24 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
 
     pixels, text = inputs(spec["batch"])
     small_pixels, small_text = inputs(1)
-    rss_before = (_status_kib("VmRSS") or 0) * 1024
+    rss_before = (memory.status_kib("VmRSS") or 0) * 1024
     start = time.perf_counter()
     model = load(spec["kind"], spec["folder"])
     load_seconds = time.perf_counter() - start
     gc.collect()
-    loaded_rss = (_status_kib("VmRSS") or 0) * 1024 - rss_before
+    loaded_rss = (memory.status_kib("VmRSS") or 0) * 1024 - rss_before
     for modality in ("image", "text"):  # code pages resident before the peak is taken
         encode(model, modality, small_pixels, small_text)
-    memory = PeakMemory("cpu")
-    memory.start()
+    meter = memory.PeakMemory("cpu")
+    meter.start()
     for modality in ("image", "text"):
         encode(model, modality, pixels, text)
     return {
         "load_seconds": load_seconds,
         "loaded_rss_bytes": loaded_rss,
-        "encode_peak_bytes": memory.peak_bytes(),
-        "file_backed_growth_bytes": memory.file_backed_growth(),
-        "method": memory.method,
+        "encode_peak_bytes": meter.peak_bytes(),
+        "file_backed_growth_bytes": meter.file_backed_growth(),
+        "method": meter.method,
     }
 
 
@@ -153,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="seconds-long run for CI; numbers mean nothing")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", default=None)
-    parser.add_argument("--output", default=str(RESULTS_DIR / "real_size.json"))
+    parser.add_argument("--output", default=str(common.RESULTS_DIR / "real_size.json"))
     parser.add_argument("--_worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args._worker:
@@ -174,7 +163,10 @@ def main(argv: list[str] | None = None) -> int:
         torch.manual_seed(args.seed)
         ChineseCLIPModel(reference_config(args.layers)).save_pretrained(folders["reference"])
         convert_chinese_clip(folders["reference"], folders["ours"])
-    report: dict[str, Any] = {"machine": machine_info("cpu"), "settings": vars(args) | {"workdir": str(workdir)}}
+    report: dict[str, Any] = {
+        "machine": common.machine_info("cpu"),
+        "settings": vars(args) | {"workdir": str(workdir)},
+    }
 
     models = {kind: load(kind, str(folder)) for kind, folder in folders.items()}
     report["attention"] = {kind: model.config._attn_implementation for kind, model in models.items()}
@@ -185,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
             for model in models.values():
                 encode(model, modality, *inputs(1))  # warm-up
             rounds = args.rounds if batch == 1 else max(2, args.rounds // 2)
-            summary = interleaved_rates(
+            summary = common.interleaved_rates(
                 {kind: _timed(model, modality, pixels, text, batch) for kind, model in models.items()},
                 rounds,
                 reference="reference",
@@ -198,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
             }  # fmt: skip
             rows.append(
                 [f"{modality} encode, batch {batch}", f"{seconds['reference'] * 1e3:.0f} ms",
-                 f"{seconds['ours'] * 1e3:.0f} ms", fmt_ratio(ratio), fmt_ratio(cpu_ratio)]
+                 f"{seconds['ours'] * 1e3:.0f} ms", common.fmt_ratio(ratio), common.fmt_ratio(cpu_ratio)]
             )  # fmt: skip
             print(rows[-1], flush=True)
     report["latency"] = latency
@@ -206,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     gc.collect()
 
     workers = {
-        kind: run_worker(
+        kind: memory.run_worker(
             Path(__file__).resolve(),
             {"kind": kind, "folder": str(folder), "batch": args.batch, "threads": args.threads},
         )
@@ -215,12 +207,12 @@ def main(argv: list[str] | None = None) -> int:
     report["workers"] = workers
     for key, label, fmt in (
         ("load_seconds", "load (from_pretrained)", lambda v: f"{v:.2f} s"),
-        ("loaded_rss_bytes", "memory after load", fmt_bytes),
-        ("encode_peak_bytes", f"peak above it, encoding {args.batch}+{args.batch}", fmt_bytes),
+        ("loaded_rss_bytes", "memory after load", common.fmt_bytes),
+        ("encode_peak_bytes", f"peak above it, encoding {args.batch}+{args.batch}", common.fmt_bytes),
     ):
         ref, ours = workers["reference"][key], workers["ours"][key]
-        rows.append([label, fmt(ref), fmt(ours), fmt_ratio(ours / ref if ref else None), ""])
-    print_table(
+        rows.append([label, fmt(ref), fmt(ours), common.fmt_ratio(ours / ref if ref else None), ""])
+    common.print_table(
         f"Real-size CPU inference, ViT-B/16 + RoBERTa-wwm-ext-base ({args.layers} layers), same weights "
         f"({args.threads} threads; "
         f"attention {report['attention']})",
@@ -229,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     report["time_ratio_median"] = statistics.median(v["time_ratio"] for v in latency.values())
     report["cpu_time_ratio_median"] = statistics.median(v["cpu_time_ratio"] for v in latency.values())
-    write_report(args.output, report)
+    common.write_report(args.output, report)
     return 0
 
 

@@ -24,7 +24,6 @@ matrix); its latest results (`benchmarks/results/search.json`), when present, ar
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -34,34 +33,19 @@ from typing import Any
 if __package__ in (None, ""):  # run as a file: make `benchmarks.common` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import (  # noqa: E402
-    BENCH_DATE,
-    RESULTS_DIR,
-    add_device_arguments,
-    autocast,
-    compile_towers,
-    device_settings,
-    fmt_bytes,
-    fmt_ratio,
-    interleaved_rates,
-    machine_info,
-    print_table,
-    set_attention,
-    torch_threads,
-    write_report,
-)
+from benchmarks import common  # noqa: E402
 
 
 __all__ = ["main"]
 
-SEARCH_RESULTS = RESULTS_DIR / "search.json"
+SEARCH_RESULTS = common.RESULTS_DIR / "search.json"
 
 
 def _prepare(model, settings: dict):
     model.to(settings["device"]).eval()
-    set_attention(model, settings["attn_implementation"])
+    common.set_attention(model, settings["attn_implementation"])
     if settings["compile"]:
-        compile_towers(model)
+        common.compile_towers(model)
     return model
 
 
@@ -70,7 +54,7 @@ def measure_encoding(args, settings: dict) -> dict[str, Any]:
     import torch
     import torch.nn.functional as F
 
-    from benchmarks.bench_train_step import build_models, make_batch
+    from benchmarks.train_models import build_models, make_batch
 
     reference, ours = build_models("tiny", args.seed)
     batch = make_batch("tiny", args.encode_batch, 32, "cpu", args.seed)
@@ -86,7 +70,7 @@ def measure_encoding(args, settings: dict) -> dict[str, Any]:
 
     def run(fn):
         def measured() -> float:
-            with torch.inference_mode(), autocast(settings["device"], settings["dtype"]):
+            with torch.inference_mode(), common.autocast(settings["device"], settings["dtype"]):
                 for _ in range(args.encode_batches):
                     fn()
             return count
@@ -101,13 +85,13 @@ def measure_encoding(args, settings: dict) -> dict[str, Any]:
     }
     for fn in variants.values():  # warm-up
         fn()
-    images = interleaved_rates(
+    images = common.interleaved_rates(
         {k: v for k, v in variants.items() if k.endswith("images")},
         args.rounds,
         settings["device"],
         "reference_images",
     )
-    texts = interleaved_rates(
+    texts = common.interleaved_rates(
         {k: v for k, v in variants.items() if k.endswith("texts")}, args.rounds, settings["device"], "reference_texts"
     )
     return {**images, **texts}
@@ -132,14 +116,14 @@ def measure_latency(args, settings: dict) -> dict[str, Any]:
     """Per-query latency of dual-encoder search and of fusion two-stage ranking, for every k, interleaved."""
     import torch
 
-    from benchmarks.bench_train_step import make_batch
+    from benchmarks.train_models import make_batch
     from hf_vlp.models.modeling_fusion_encoder import FusionRetrievalEmbeddings
 
     device, dtype = settings["device"], settings["dtype"]
     dual, fusion = build_retrieval_models(args, settings)
     gallery_pixels = make_batch("tiny", args.gallery, 32, "cpu", args.seed)["pixel_values"]
     queries = make_batch("tiny", args.queries, 32, device, args.seed + 1)
-    with torch.inference_mode(), autocast(device, dtype):
+    with torch.inference_mode(), common.autocast(device, dtype):
         chunks = [
             gallery_pixels[i : i + args.encode_batch].to(device) for i in range(0, args.gallery, args.encode_batch)
         ]
@@ -151,7 +135,7 @@ def measure_latency(args, settings: dict) -> dict[str, Any]:
 
     def dual_search(k: int):
         def run() -> float:
-            with torch.inference_mode(), autocast(device, dtype):
+            with torch.inference_mode(), common.autocast(device, dtype):
                 for index in range(args.queries):
                     query = dual.encode_text(**query_inputs(index)).embeds
                     torch.topk(query @ dual_gallery.t(), k, dim=1)
@@ -161,7 +145,7 @@ def measure_latency(args, settings: dict) -> dict[str, Any]:
 
     def fusion_rank(k: int):
         def run() -> float:
-            with torch.inference_mode(), autocast(device, dtype):
+            with torch.inference_mode(), common.autocast(device, dtype):
                 for index in range(args.queries):
                     query = fusion.encode_text(**query_inputs(index))
                     fusion.rank(query, fusion_gallery, query_modality="text", k=k, batch_size=args.rerank_batch)
@@ -172,7 +156,7 @@ def measure_latency(args, settings: dict) -> dict[str, Any]:
     rows = []
     for k in [*args.ks, args.gallery]:
         dual_search(k)(), fusion_rank(k)()  # warm-up
-        summary = interleaved_rates(
+        summary = common.interleaved_rates(
             {"dual": dual_search(k), "fusion": fusion_rank(k)}, args.rounds, device, reference="dual"
         )
         rows.append(
@@ -204,7 +188,7 @@ def search_results() -> dict[str, Any] | None:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = common.benchmark_parser(__doc__)
     parser.add_argument("--encode-batch", type=int, default=128, help="batch of gallery encoding (demo eval batch)")
     parser.add_argument("--encode-batches", type=int, default=8, help="batches per timed encoding round")
     parser.add_argument("--gallery", type=int, default=1000, help="gallery images of the latency measurements")
@@ -214,28 +198,25 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument("--rerank-batch", type=int, default=128, help="pairs per cross-encoder call")
     parser.add_argument("--rounds", type=int, default=11, help="interleaved timing rounds")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--smoke", action="store_true", help="seconds-long CI run: gallery 64, k 1,8")
-    parser.add_argument("--output", default=None, help="JSON result (default benchmarks/results/retrieval.json)")
-    add_device_arguments(parser)
+    common.add_run_arguments(parser, "seconds-long CI run: gallery 64, k 1,8", "retrieval")
+    common.add_device_arguments(parser)
     args = parser.parse_args(argv)
     if args.smoke:
         args.encode_batch, args.encode_batches, args.gallery, args.queries = 16, 1, 64, 2
         args.ks, args.rounds = "1,8", 2
     args.ks = [int(k) for k in args.ks.split(",") if k.strip() and int(k) < args.gallery]
-    if args.output is None:
-        args.output = str(RESULTS_DIR / f"retrieval{'_smoke' if args.smoke else ''}.json")
-    settings = device_settings(args)
+    args.output = common.output_path(args, "retrieval")
+    settings = common.device_settings(args)
     print(
         f"tiny models, device={settings['device']} dtype={settings['dtype']} compile={settings['compile']} "
         f"encode_batch={args.encode_batch} gallery={args.gallery} queries/round={args.queries} rounds={args.rounds}"
     )
     on_cpu = settings["device"] == "cpu"
-    with torch_threads(settings["threads"]):
+    with common.torch_threads(settings["threads"]):
         encoding = measure_encoding(args, settings)
         latency = measure_latency(args, settings)
 
-    print_table(
+    common.print_table(
         "Gallery encoding (tiny): ChineseCLIPModel get_*_features + normalise (reference) vs encode_* (ours)",
         ["items", "reference /s", "ours /s", "ours/ref", "ours/ref CPU-s"],
         [
@@ -243,13 +224,13 @@ def main(argv: list[str] | None = None) -> dict:
                 kind,
                 f"{encoding[f'reference_{kind}']['median']:.0f}",
                 f"{encoding[f'ours_{kind}']['median']:.0f}",
-                fmt_ratio(encoding[f"ours_{kind}"]["ratio_to_reference"]),
-                fmt_ratio(encoding[f"ours_{kind}"]["cpu_ratio_to_reference"] if on_cpu else None),
+                common.fmt_ratio(encoding[f"ours_{kind}"]["ratio_to_reference"]),
+                common.fmt_ratio(encoding[f"ours_{kind}"]["cpu_ratio_to_reference"] if on_cpu else None),
             ]
             for kind in ("images", "texts")
         ],
     )
-    print_table(
+    common.print_table(
         f"Latency per text query, gallery of {args.gallery} images: dual-encoder search (reference) vs fusion "
         "two-stage ranking (ours); k = gallery size is the cross encoder scoring every item",
         ["k", "dual ms", "fusion ms", "fusion/dual", "fusion/dual CPU-s"],
@@ -258,16 +239,16 @@ def main(argv: list[str] | None = None) -> dict:
                 f"{row['k']}{' (all)' if row['scores_all_gallery'] else ''}",
                 f"{row['dual_ms_per_query']:.2f}",
                 f"{row['fusion_ms_per_query']:.2f}",
-                fmt_ratio(row["ratio_fusion_over_dual_latency"]),
-                fmt_ratio(row["cpu_ratio_fusion_over_dual_latency"] if on_cpu else None),
+                common.fmt_ratio(row["ratio_fusion_over_dual_latency"]),
+                common.fmt_ratio(row["cpu_ratio_fusion_over_dual_latency"] if on_cpu else None),
             ]
             for row in latency["rows"]
         ],
     )
     search = search_results()
     if search is not None:
-        print_table(
-            f"Top-k search (from {SEARCH_RESULTS.relative_to(RESULTS_DIR.parent.parent)}, {search.get('date')}): "
+        common.print_table(
+            f"Top-k search (from {SEARCH_RESULTS.relative_to(common.RESULTS_DIR.parent.parent)}, {search.get('date')}): "
             "full matrix + topk (reference) vs chunked_topk (ours)",
             ["gallery", "ref s", "ours s", "ref/ours time", "ref extra mem", "ours extra mem"],
             [
@@ -275,17 +256,17 @@ def main(argv: list[str] | None = None) -> dict:
                     row["gallery_size"],
                     f"{row['reference_time_s']:.3f}" if "reference_time_s" in row else "skipped",
                     f"{row['ours_time_s']:.3f}",
-                    fmt_ratio(row.get("ratio_reference_over_ours")),
-                    fmt_bytes(row.get("reference_peak_extra_bytes")),
-                    fmt_bytes(row.get("ours_peak_extra_bytes")),
+                    common.fmt_ratio(row.get("ratio_reference_over_ours")),
+                    common.fmt_bytes(row.get("reference_peak_extra_bytes")),
+                    common.fmt_bytes(row.get("ours_peak_extra_bytes")),
                 ]
                 for row in search["results"]
             ],
         )
     report = {
-        "benchmark": "retrieval cost: gallery encoding, two-stage re-ranking latency vs k, dual vs fusion",
-        "date": BENCH_DATE,
-        "machine": machine_info(settings["device"]),
+        **common.report_head(
+            "retrieval cost: gallery encoding, two-stage re-ranking latency vs k, dual vs fusion", settings["device"]
+        ),
         "config": {
             "encode_batch": args.encode_batch,
             "encode_batches": args.encode_batches,
@@ -301,7 +282,7 @@ def main(argv: list[str] | None = None) -> dict:
         "latency": latency["rows"],
         "search": search,
     }
-    write_report(args.output, report)
+    common.write_report(args.output, report)
     return report
 
 

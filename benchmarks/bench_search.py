@@ -8,8 +8,8 @@ For each gallery size it measures, in the same run and on the same data:
 and prints wall and CPU time (best of ``--rounds`` x ``--repeats`` calls, the two methods alternating round by
 round), the ratios, the peak *extra* memory of each (beyond the inputs) and whether the returned indices are equal.
 
-Memory is measured per method in a fresh subprocess (`benchmarks.common.run_worker`) that builds the inputs, runs
-a small warm-up, then measures the peak *extra* memory of the timed calls with `benchmarks.common.PeakMemory`
+Memory is measured per method in a fresh subprocess (`benchmarks.memory.run_worker`) that builds the inputs, runs
+a small warm-up, then measures the peak *extra* memory of the timed calls with `benchmarks.memory.PeakMemory`
 (peak RSS above the post-setup RSS on CPU, the CUDA allocator's peak on GPU). The analytic extra bytes (the score
 buffer of each method) are reported next to it.
 
@@ -23,8 +23,6 @@ The reference is skipped (and reported as skipped) when its ``[Q, N]`` matrix wo
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
 import time
@@ -34,20 +32,9 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a file: make `benchmarks.common` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import (  # noqa: E402
-    BENCH_DATE,
-    REPO_ROOT,
-    RESULTS_DIR,
-    PeakMemory,
-    fmt_bytes,
-    machine_info,
-    run_worker,
-    sync,
-    write_report,
-)
+from benchmarks import common, memory  # noqa: E402
 
 
-DEFAULT_OUTPUT = RESULTS_DIR / "search.json"
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}
 
 
@@ -96,28 +83,28 @@ def _worker(spec: dict) -> dict:
 
     with torch.no_grad():
         run(queries[:16], gallery[: min(4096, gallery.shape[0])])  # warm-up: thread pool, kernels
-        sync(device)
-        memory = PeakMemory(device)
-        memory.start()
+        common.sync(device)
+        meter = memory.PeakMemory(device)
+        meter.start()
         times, cpu_times = [], []
         for _ in range(spec["repeats"]):
-            sync(device)
+            common.sync(device)
             start, cpu_start = time.perf_counter(), time.process_time()
             scores, indices = run(queries, gallery)
-            sync(device)
+            common.sync(device)
             times.append(time.perf_counter() - start)
             cpu_times.append(time.process_time() - cpu_start)
             del scores
             if len(times) < spec["repeats"]:
                 del indices
-        peak = memory.peak_bytes()
+        peak = meter.peak_bytes()
         # scores of the returned indices, recomputed exactly the same way for both methods (fp-noise-free check)
         picked = torch.einsum("qd,qkd->qk", queries.double(), gallery[indices].double())
     return {
         "times_s": times,
         "cpu_times_s": cpu_times,
         "peak_extra_bytes": peak,
-        "memory_method": memory.method,
+        "memory_method": meter.method,
         "indices": indices.cpu().tolist(),
         "picked_scores": picked.cpu().tolist(),
     }
@@ -139,7 +126,7 @@ def _merge_runs(runs: list[dict]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = common.benchmark_parser(__doc__)
     parser.add_argument("--sizes", default="10000,100000,1000000", help="comma-separated gallery sizes")
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--dim", type=int, default=512)
@@ -152,17 +139,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--rounds", type=int, default=2, help="alternating ours/reference subprocesses per size")
     parser.add_argument("--threads", type=int, default=0, help="torch threads in the workers (0: torch default)")
     parser.add_argument("--max-reference-bytes", type=float, default=8 * 2**30, help="skip larger references")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--timeout", type=float, default=1800, help="seconds per measurement subprocess")
-    parser.add_argument("--smoke", action="store_true", help="tiny CI-sized run: sizes 2000,5003, 64 queries, D=64")
-    parser.add_argument(
-        "--output", default=None, help=f"JSON result (default {DEFAULT_OUTPUT.relative_to(REPO_ROOT)})"
-    )
-    parser.add_argument("--_worker", default=None, help=argparse.SUPPRESS)
+    common.add_run_arguments(parser, "tiny CI-sized run: sizes 2000,5003, 64 queries, D=64", "search", worker=True)
     args = parser.parse_args(argv)
-
-    if args._worker is not None:
-        print(json.dumps(_worker(json.loads(args._worker))))
+    if common.serve_worker(args, _worker):
         return {}
 
     import inspect
@@ -175,8 +154,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.smoke:
         args.sizes, args.queries, args.dim, args.repeats, args.rounds = "2000,5003", 64, 64, 3, 1
         chunk_size = args.chunk_size or 1000
-    if args.output is None:
-        args.output = str(DEFAULT_OUTPUT.with_name("search_smoke.json") if args.smoke else DEFAULT_OUTPUT)
+    args.output = common.output_path(args, "search")
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     itemsize = DTYPE_BYTES[args.dtype]
 
@@ -210,9 +188,9 @@ def main(argv: list[str] | None = None) -> dict:
         # Alternate the two methods round by round so that load changes on a shared machine hit both alike.
         runs: dict[str, list[dict]] = {"ours": [], "reference": []}
         for _ in range(args.rounds):
-            runs["ours"].append(run_worker(__file__, {**spec, "method": "ours"}, args.timeout))
+            runs["ours"].append(memory.run_worker(__file__, {**spec, "method": "ours"}, args.timeout))
             if run_reference:
-                runs["reference"].append(run_worker(__file__, {**spec, "method": "reference"}, args.timeout))
+                runs["reference"].append(memory.run_worker(__file__, {**spec, "method": "reference"}, args.timeout))
         ours = _merge_runs(runs["ours"])
         ours_analytic = min(query_chunk_size, args.queries) * min(chunk_size, size) * itemsize
         row = {
@@ -227,8 +205,8 @@ def main(argv: list[str] | None = None) -> dict:
         }
         if not run_reference:
             row["reference_skipped"] = (
-                f"[{args.queries}, {size}] score matrix = {fmt_bytes(ref_bytes)} > --max-reference-bytes "
-                f"{fmt_bytes(args.max_reference_bytes)}"
+                f"[{args.queries}, {size}] score matrix = {common.fmt_bytes(ref_bytes)} > --max-reference-bytes "
+                f"{common.fmt_bytes(args.max_reference_bytes)}"
             )
             print(f"  reference skipped for N={size}: {row['reference_skipped']}")
         else:
@@ -260,14 +238,14 @@ def main(argv: list[str] | None = None) -> dict:
         print(
             f"{size:>9} {row['ours_time_s']:>8.3f} {ref_time:>8} {ratio:>8} "
             f"{row['ours_cpu_time_s']:>8.2f} {ref_cpu:>8} {cpu_ratio:>8} "
-            f"{fmt_bytes(row['ours_peak_extra_bytes']):>15} {fmt_bytes(row.get('reference_peak_extra_bytes')):>14} "
-            f"{fmt_bytes(ours_analytic):>14} {fmt_bytes(ref_bytes):>13} {check:>9}",
+            f"{common.fmt_bytes(row['ours_peak_extra_bytes']):>15} {common.fmt_bytes(row.get('reference_peak_extra_bytes')):>14} "
+            f"{common.fmt_bytes(ours_analytic):>14} {common.fmt_bytes(ref_bytes):>13} {check:>9}",
             flush=True,
         )
     report = {
         "benchmark": "chunked_topk vs full matrix + topk",
-        "date": BENCH_DATE,
-        "machine": {**machine_info(args.device), "load_average_at_end": list(os.getloadavg())},
+        "date": common.BENCH_DATE,
+        "machine": {**common.machine_info(args.device), "load_average_at_end": list(os.getloadavg())},
         "config": {
             "queries": args.queries,
             "dim": args.dim,
@@ -283,7 +261,7 @@ def main(argv: list[str] | None = None) -> dict:
         },
         "results": results,
     }
-    write_report(args.output, report)
+    common.write_report(args.output, report)
     return report
 
 

@@ -38,12 +38,11 @@ from typing import Any
 if __package__ in (None, ""):  # `python benchmarks/bench_space_load.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import REPO_ROOT, RESULTS_DIR, machine_info, print_table, write_report
+from benchmarks import common
 
 
 __all__ = ["Outcome", "Request", "load_requests", "run_load", "serve", "summarize"]
 
-DEFAULT_OUTPUT = RESULTS_DIR / "space_load.json"
 REQUEST_TIMEOUT_S = 180.0
 START_TIMEOUT_S = 180.0
 EMPTY_MESSAGE = "请输入要搜索的文字"
@@ -80,7 +79,7 @@ def _reference_app(ref: str, folder: Path) -> Path | None:
     """`spaces/app.py` and its sibling as they were at git `ref`, written to `folder`; None when git lacks them."""
     for name in ("app.py", "demo_gallery.py"):
         shown = subprocess.run(
-            ["git", "-C", str(REPO_ROOT), "show", f"{ref}:spaces/{name}"], capture_output=True, check=False
+            ["git", "-C", str(common.REPO_ROOT), "show", f"{ref}:spaces/{name}"], capture_output=True, check=False
         )
         if shown.returncode != 0:
             return None
@@ -279,7 +278,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     if args.smoke:
         args.clients, args.per_client, args.no_reference = 8, 1, True
-    output = args.output or str(DEFAULT_OUTPUT.with_name("space_load_smoke.json") if args.smoke else DEFAULT_OUTPUT)
+    output = common.output_path(args, "space_load")
 
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
@@ -300,7 +299,7 @@ def main(argv: list[str] | None = None) -> dict:
         [name, r["requests"], r["invalid_inputs"], r["failed"], r["wrong"], r["p50_s"], r["p99_s"]]
         for name, r in runs.items()
     ]
-    print_table(
+    common.print_table(
         f"{args.clients} clients x {args.per_client} requests, all at once",
         ["variant", "requests", "invalid", "failed", "wrong", "p50 s", "p99 s"],
         rows,
@@ -315,11 +314,11 @@ def main(argv: list[str] | None = None) -> dict:
     report = {
         "benchmark": "space_load",
         "command": "python benchmarks/bench_space_load.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "machine": machine_info("cpu"),
+        "machine": common.machine_info("cpu"),
         "settings": {k: v for k, v in vars(args).items() if k != "output"},
         "runs": runs,
     }
-    write_report(output, report)
+    common.write_report(output, report)
     return report
 
 

@@ -23,7 +23,6 @@ Two questions, one run:
 
 from __future__ import annotations
 
-import argparse
 import io
 import os
 import statistics
@@ -38,22 +37,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a file: make `benchmarks.common` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import (  # noqa: E402
-    BENCH_DATE,
-    RESULTS_DIR,
-    add_device_arguments,
-    autocast,
-    build_optimizer,
-    compile_towers,
-    device_settings,
-    fmt_ratio,
-    interleaved_rates,
-    machine_info,
-    print_table,
-    set_attention,
-    torch_threads,
-    write_report,
-)
+from benchmarks import common  # noqa: E402
 
 
 __all__ = ["main", "write_shards", "epoch_timing"]
@@ -191,11 +175,11 @@ def measure_bottleneck(args, settings: dict, shards: list[str], demo_train_dir: 
     torch.manual_seed(args.seed)
     device = settings["device"]
     model = DualEncoderModel(DualEncoderConfig.from_preset("tiny")).to(device)
-    set_attention(model, settings["attn_implementation"])
+    common.set_attention(model, settings["attn_implementation"])
     if settings["compile"]:
-        compile_towers(model)
+        common.compile_towers(model)
     model.train()
-    optimizer = build_optimizer(model, settings["fused_adamw"], lr=1e-3)
+    optimizer = common.build_optimizer(model, settings["fused_adamw"], lr=1e-3)
 
     def model_inputs(batch: dict) -> dict:
         return {key: value.to(device) for key, value in batch.items() if key not in SIDE_CHANNEL_KEYS}
@@ -203,7 +187,7 @@ def measure_bottleneck(args, settings: dict, shards: list[str], demo_train_dir: 
     cached = model_inputs(next(iter(loaders["streaming"]())))
 
     def train(inputs: dict) -> None:
-        with autocast(device, settings["dtype"]):
+        with common.autocast(device, settings["dtype"]):
             loss = model(**inputs, return_loss=True).loss
         loss.backward()
         optimizer.step()
@@ -255,7 +239,7 @@ def measure_bottleneck(args, settings: dict, shards: list[str], demo_train_dir: 
     variants = {"train_cached": train_cached}
     variants.update({f"train_fed_{name}": train_fed(name) for name in loaders})
     before = {f"train_fed_{name}": drain(name) for name in loaders}
-    fed = interleaved_rates(variants, args.rounds, device, reference="train_cached", before=before)
+    fed = common.interleaved_rates(variants, args.rounds, device, reference="train_cached", before=before)
     for name in loaders:
         fed[f"train_fed_{name}"]["data_wait_fraction"] = statistics.median(waits[name])
 
@@ -281,7 +265,7 @@ def measure_bottleneck(args, settings: dict, shards: list[str], demo_train_dir: 
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = common.benchmark_parser(__doc__)
     parser.add_argument("--sizes", default="1000,2000,4000,8000", help="comma-separated dataset sizes (pairs)")
     parser.add_argument("--shard-size", type=int, default=500, help="pairs per tar shard")
     parser.add_argument("--shuffle-buffer", type=int, default=1000, help="streaming shuffle buffer (CLI default)")
@@ -292,23 +276,20 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--bottleneck-steps", type=int, default=8, help="batches per bottleneck round")
     parser.add_argument("--demo-train", type=int, default=2000, help="demo images (demo recipe: 2000)")
     parser.add_argument("--data-dir", default=None, help="where shards and the demo set go (default: a temp dir)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--smoke", action="store_true", help="seconds-long CI run: sizes 64,128, batch 16")
-    parser.add_argument("--output", default=None, help="JSON result (default benchmarks/results/streaming.json)")
-    add_device_arguments(parser)
+    common.add_run_arguments(parser, "seconds-long CI run: sizes 64,128, batch 16", "streaming")
+    common.add_device_arguments(parser)
     args = parser.parse_args(argv)
     if args.smoke:
         args.sizes, args.shard_size, args.batch, args.repeats = "64,128", 32, 16, 1
         args.rounds, args.bottleneck_steps, args.demo_train, args.shuffle_buffer = 1, 2, 48, 32
     args.sizes = sorted(int(s) for s in args.sizes.split(",") if s.strip())
-    if args.output is None:
-        args.output = str(RESULTS_DIR / f"streaming{'_smoke' if args.smoke else ''}.json")
-    settings = device_settings(args)
+    args.output = common.output_path(args, "streaming")
+    settings = common.device_settings(args)
 
     import hf_vlp
     from trainers.data import generate_demo_dataset
 
-    with tempfile.TemporaryDirectory(prefix="hfvlp-bench-") as scratch, torch_threads(settings["threads"]):
+    with tempfile.TemporaryDirectory(prefix="hfvlp-bench-") as scratch, common.torch_threads(settings["threads"]):
         root = Path(args.data_dir or scratch)
         start = time.perf_counter()
         shards = write_shards(root / "shards", max(args.sizes), args.shard_size, seed=args.seed)
@@ -325,7 +306,7 @@ def main(argv: list[str] | None = None) -> dict:
         fit = linear_fit(scaling)
         bottleneck = measure_bottleneck(args, settings, shards, str(demo_dir / "train"), processor)
 
-    print_table(
+    common.print_table(
         "Streaming epoch time vs dataset size (reference: linear extrapolation of the smallest size)",
         ["pairs", "epoch s", "linear ref s", "ours/ref", "s / 1k pairs", "first batch s", "vs smallest"],
         [
@@ -333,10 +314,10 @@ def main(argv: list[str] | None = None) -> dict:
                 row["pairs"],
                 f"{row['epoch_s']:.2f}",
                 f"{row['linear_reference_s']:.2f}",
-                fmt_ratio(row["ratio_to_linear"]),
+                common.fmt_ratio(row["ratio_to_linear"]),
                 f"{row['s_per_1k_pairs']:.2f}",
                 f"{row['first_batch_s']:.2f}",
-                fmt_ratio(row["first_batch_ratio_to_smallest"]),
+                common.fmt_ratio(row["first_batch_ratio_to_smallest"]),
             ]
             for row in scaling
         ],
@@ -351,7 +332,7 @@ def main(argv: list[str] | None = None) -> dict:
             f"{name} loader alone",
             f"{entry['median']:.0f}",
             f"{train_rate:.0f}",
-            fmt_ratio(entry["ratio_to_train"]),
+            common.fmt_ratio(entry["ratio_to_train"]),
             "whole epochs / train step alone (> 1: the loader keeps up)",
         ]
         for name, entry in bottleneck["loaders_alone"].items()
@@ -361,13 +342,13 @@ def main(argv: list[str] | None = None) -> dict:
             f"train fed by {name[len('train_fed_') :]}",
             f"{entry['median']:.0f}",
             f"{train_rate:.0f}",
-            fmt_ratio(entry["ratio_to_reference"]),
+            common.fmt_ratio(entry["ratio_to_reference"]),
             f"fed loop / cached-batch loop; {entry['data_wait_fraction']:.1%} of it waiting for batches",
         ]
         for name, entry in bottleneck["fed"].items()
         if name != "train_cached"
     ]
-    print_table(
+    common.print_table(
         f"Loader vs train step at the demo recipe's settings (batch {args.batch}, {DEMO_WORKERS} worker, "
         f"{settings['threads']} torch thread); reference: train step on one cached batch",
         ["variant", "pairs/s", "reference pairs/s", "ratio", "meaning"],
@@ -378,9 +359,9 @@ def main(argv: list[str] | None = None) -> dict:
         "loop, the loader's worker is taking CPU from the trainer (fewer free cores than processes)."
     )
     report = {
-        "benchmark": "streaming reader: epoch time vs dataset size; loader vs train step at the demo recipe",
-        "date": BENCH_DATE,
-        "machine": machine_info(settings["device"]),
+        **common.report_head(
+            "streaming reader: epoch time vs dataset size; loader vs train step at the demo recipe", settings["device"]
+        ),
         "config": {
             "sizes": args.sizes,
             "shard_size": args.shard_size,
@@ -398,7 +379,7 @@ def main(argv: list[str] | None = None) -> dict:
         "linear_fit": fit,
         "bottleneck": bottleneck,
     }
-    write_report(args.output, report)
+    common.write_report(args.output, report)
     return report
 
 

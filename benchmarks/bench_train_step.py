@@ -9,8 +9,8 @@ padded lengths, random pixels), with the same device options.
   ABBA order (the machine is shared; see `benchmarks/common.py`); medians and the median per-round ratio.
 * **Peak memory**: each variant in its own subprocess, peak above the post-setup baseline (model, optimizer object
   and batch resident) over `--memory-steps` steps, so it includes gradients, AdamW state and activations. CPU:
-  process RSS with mmap'd allocations (see `common.PeakMemory`); CUDA: `torch.cuda.max_memory_allocated`. Then
-  the live-tensor peak of one more (steady-state) step, counted op by op (`common.TensorPeak`): exact, so it
+  process RSS with mmap'd allocations (see `memory.PeakMemory`); CUDA: `torch.cuda.max_memory_allocated`. Then
+  the live-tensor peak of one more (steady-state) step, counted op by op (`memory.TensorPeak`): exact, so it
   decides a comparison that the RSS figure (which moves by a MiB between runs) leaves open.
 * **FLOPs / MFU**: FLOPs of one step counted by `FlopCounterMode`; achieved TFLOP/s always, MFU against
   `--peak-tflops` (default 790 on CUDA).
@@ -25,7 +25,6 @@ padded lengths, random pixels), with the same device options.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from pathlib import Path
@@ -35,164 +34,35 @@ from typing import Any
 if __package__ in (None, ""):  # run as a file: make `benchmarks.common` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import (  # noqa: E402
-    BENCH_DATE,
-    RESULTS_DIR,
-    PeakMemory,
-    TensorPeak,
-    add_device_arguments,
-    autocast,
-    build_optimizer,
-    compile_towers,
-    count_flops,
-    device_settings,
-    fmt_bytes,
-    fmt_ratio,
-    interleaved_rates,
-    machine_info,
-    mfu,
-    print_table,
-    run_worker,
-    set_attention,
-    torch_threads,
-    write_report,
+from benchmarks import common, memory  # noqa: E402
+from benchmarks.train_models import (  # noqa: E402
+    FUSION_MODULE,
+    SIZES,
+    build_fusion_model,
+    build_models,
+    check_same_function,
+    fusion_available,
+    make_batch,
+    train_step,
 )
 
 
-__all__ = ["SIZES", "build_models", "build_fusion_model", "make_batch", "main"]
+__all__ = ["main"]
 
-# Tower sizes come from the presets, so "tiny" and "base" are the shapes the package actually ships.
-SIZES: dict[str, dict[str, Any]] = {
-    "tiny": {"preset": "tiny", "fusion_preset": "tiny-fusion", "batch": 64, "seq_len": 32},
-    "base": {
-        "preset": "chinese-clip-vit-base-patch16",
-        "fusion_preset": "albef-base-chinese",
-        "batch": 128,
-        "seq_len": 52,
-    },
-}
 VARIANTS = ("reference", "ours", "fusion")
-FUSION_MODULE = Path(__file__).resolve().parents[1] / "hf_vlp" / "models" / "modeling_fusion_encoder.py"
 
 
 # ---------------------------------------------------------------------------------------------------- models
 
 
-def _tower_dicts(size: str) -> tuple[dict, dict, int]:
-    from hf_vlp.models.presets import preset_config_dict
-
-    config = preset_config_dict(SIZES[size]["preset"])
-    text = {k: v for k, v in config["text_config"].items() if k != "model_type"}
-    vision = {k: v for k, v in config["vision_config"].items() if k != "model_type"}
-    return text, vision, config["projection_dim"]
-
-
-def reference_model(size: str, seed: int):
-    """transformers' `ChineseCLIPModel` with the preset's tower sizes, random weights from `seed`."""
-    import torch
-    from transformers import ChineseCLIPConfig, ChineseCLIPModel
-
-    text, vision, projection_dim = _tower_dicts(size)
-    torch.manual_seed(seed)
-    return ChineseCLIPModel(ChineseCLIPConfig(text_config=text, vision_config=vision, projection_dim=projection_dim))
-
-
-def build_models(size: str, seed: int):
-    """(reference, ours): the reference and our dual encoder converted from it (same weights)."""
-    from hf_vlp.convert import chinese_clip_to_dual_encoder
-
-    reference = reference_model(size, seed)
-    return reference, chinese_clip_to_dual_encoder(reference)
-
-
-def fusion_available() -> bool:
-    """Whether the fusion encoder's model file exists yet (it is written alongside these benchmarks)."""
-    return FUSION_MODULE.exists()
-
-
-def build_fusion_model(size: str, seed: int):
-    """`FusionEncoderForPreTraining` (ALBEF: ITC with momentum queue, ITM with hard negatives, MLM) whose towers are
-    exactly the dual encoder's, so the comparison prices what fusion adds on top of the same towers.
-
-    The fusion part comes from the presets: "tiny-fusion" (2 fusion layers, queue 256) for `tiny`,
-    "albef-base-chinese" (6 fusion layers, queue 65,536) for `base`, whose 6-layer text tower is replaced here
-    by the dual encoder's 12-layer one.
-    """
-    import torch
-
-    from hf_vlp.models.configuration_fusion_encoder import FusionEncoderConfig
-    from hf_vlp.models.modeling_fusion_encoder import FusionEncoderForPreTraining
-
-    text, vision, projection_dim = _tower_dicts(size)
-    config = FusionEncoderConfig.from_preset(
-        SIZES[size]["fusion_preset"],
-        text_config={"model_type": "bert", **text},
-        vision_config={"model_type": "clip_vision_model", **vision},
-        projection_dim=projection_dim,
-    )
-    torch.manual_seed(seed)
-    return FusionEncoderForPreTraining(config)
-
-
-def make_batch(size: str, batch: int, seq_len: int, device: str, seed: int = 0) -> dict:
-    """Random token ids (CLS first, SEP last, lengths between half and all of `seq_len`, zero padding) and
-    pixels, so the attention mask matters as it does on real captions."""
-    import torch
-
-    text, vision, _ = _tower_dicts(size)
-    generator = torch.Generator().manual_seed(seed)
-    lengths = torch.randint(seq_len // 2, seq_len + 1, (batch,), generator=generator)
-    positions = torch.arange(seq_len)[None, :]
-    attention_mask = (positions < lengths[:, None]).long()
-    input_ids = torch.randint(1000, text["vocab_size"], (batch, seq_len), generator=generator)
-    input_ids[:, 0] = 101
-    input_ids[torch.arange(batch), lengths - 1] = 102
-    input_ids = input_ids * attention_mask
-    image = vision["image_size"]
-    pixel_values = torch.randn(batch, 3, image, image, generator=generator)
-    tensors = {
-        "input_ids": input_ids,
-        "attention_mask": attention_mask,
-        "token_type_ids": torch.zeros_like(input_ids),
-        "pixel_values": pixel_values,
-    }
-    return {key: value.to(device) for key, value in tensors.items()}
-
-
-def check_same_function(reference, ours, batch: dict) -> float:
-    """Assert our converted model gives the reference's logits and loss; return the largest logit difference."""
-    import torch
-
-    reference.eval()
-    ours.eval()
-    with torch.no_grad():
-        expected = reference(**batch, return_loss=True)
-        actual = ours(**batch, return_loss=True)
-    torch.testing.assert_close(actual.logits_per_image, expected.logits_per_image, rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(actual.loss, expected.loss, rtol=1e-4, atol=1e-4)
-    return float((actual.logits_per_image - expected.logits_per_image).abs().max())
-
-
-def train_step(model, optimizer, batch: dict, settings: dict) -> None:
-    """One optimisation step: forward with the loss, backward, AdamW update (and ALBEF's momentum update)."""
-    with autocast(settings["device"], settings["dtype"]):
-        loss = model(**batch, return_loss=True).loss
-    loss.backward()
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    momentum_update = getattr(model, "momentum_update", None)
-    if callable(momentum_update):
-        momentum_update()
-
-
 def prepare(model, settings: dict):
     """Move to the device, set attention and compile as asked, and build the optimizer; train mode."""
     model.to(settings["device"])
-    set_attention(model, settings["attn_implementation"])
+    common.set_attention(model, settings["attn_implementation"])
     if settings["compile"]:
-        compile_towers(model)
+        common.compile_towers(model)
     model.train()
-    return build_optimizer(model, settings["fused_adamw"])
+    return common.build_optimizer(model, settings["fused_adamw"])
 
 
 def build_variant(variant: str, size: str, seed: int):
@@ -209,7 +79,7 @@ def step_flops(model, batch: dict) -> int:
         counted.train()
         counted(**batch, return_loss=True).loss.backward()
 
-    return count_flops(model, run)
+    return common.count_flops(model, run)
 
 
 # ---------------------------------------------------------------------------------------------------- workers
@@ -229,25 +99,25 @@ def _memory_worker(spec: dict) -> dict:
     batch = make_batch(spec["size"], spec["batch"], spec["seq_len"], settings["device"], spec["seed"])
     # Run every code path once before the baseline, so that kernels' code pages (resident, hence in the RSS) and
     # compiled graphs are not counted as step memory: a step with a throw-away optimizer whose state is then freed.
-    warm_optimizer = build_optimizer(model, settings["fused_adamw"])
+    warm_optimizer = common.build_optimizer(model, settings["fused_adamw"])
     train_step(model, warm_optimizer, batch, settings)
     del warm_optimizer
     model.zero_grad(set_to_none=True)
     gc.collect()
-    memory = PeakMemory(settings["device"])
-    memory.start()
+    meter = memory.PeakMemory(settings["device"])
+    meter.start()
     for _ in range(spec["steps"]):
         train_step(model, optimizer, batch, settings)
-    peak = memory.peak_bytes()
-    file_growth = memory.file_backed_growth()
-    with TensorPeak() as tensors:  # one more, steady-state step: AdamW state exists, gradients were freed
+    peak = meter.peak_bytes()
+    file_growth = meter.file_backed_growth()
+    with memory.TensorPeak() as tensors:  # one more, steady-state step: AdamW state exists, gradients were freed
         train_step(model, optimizer, batch, settings)
     parameters = sum(p.numel() * p.element_size() for p in model.parameters())
     return {
         "peak_bytes": peak,
         "tensor_peak_bytes": tensors.peak,
         "parameter_bytes": parameters,
-        "method": memory.method,
+        "method": meter.method,
         "file_backed_growth_bytes": file_growth,
     }
 
@@ -279,7 +149,7 @@ def measure_throughput(args, settings: dict, variants: list[str]) -> dict[str, A
         return run
 
     timed = {name: runner(name) for name in models}
-    summary = interleaved_rates(timed, args.rounds, settings["device"], reference="reference")
+    summary = common.interleaved_rates(timed, args.rounds, settings["device"], reference="reference")
     if "fusion" in summary:
         per_round = [f / o for f, o in zip(summary["fusion"]["rates"], summary["ours"]["rates"])]
         summary["fusion"]["ratio_to_ours_per_round"] = per_round
@@ -289,13 +159,13 @@ def measure_throughput(args, settings: dict, variants: list[str]) -> dict[str, A
     for name, entry in summary.items():
         entry["flops_per_step"] = flops[name]
         entry["tflops_per_s"] = flops[name] * entry["median"] / args.batch / 1e12
-        entry["mfu"] = mfu(flops[name] * entry["median"] / args.batch, settings["peak_tflops"])
+        entry["mfu"] = common.mfu(flops[name] * entry["median"] / args.batch, settings["peak_tflops"])
     summary["max_logit_diff"] = max_diff
     return summary
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = common.benchmark_parser(__doc__)
     parser.add_argument("--size", default="tiny", choices=sorted(SIZES), help="tower sizes (from the presets)")
     parser.add_argument("--batch", type=int, default=None, help="pairs per step (default: 64 tiny, 128 base)")
     parser.add_argument("--seq-len", type=int, default=None, help="text length (default: 32 tiny, 52 base)")
@@ -306,27 +176,20 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--fusion", action=argparse.BooleanOptionalAction, default=True, help="also measure the fusion step"
     )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--timeout", type=float, default=1800, help="seconds per memory subprocess")
-    parser.add_argument("--smoke", action="store_true", help="seconds-long CI run: batch 8, 1 step x 2 rounds")
-    parser.add_argument(
-        "--output", default=None, help="JSON result (default benchmarks/results/train_step_<size>.json)"
+    common.add_run_arguments(
+        parser, "seconds-long CI run: batch 8, 1 step x 2 rounds", "train_step_<size>", worker=True
     )
-    add_device_arguments(parser)
-    parser.add_argument("--_worker", default=None, help=argparse.SUPPRESS)
+    common.add_device_arguments(parser)
     args = parser.parse_args(argv)
-
-    if args._worker is not None:
-        print(json.dumps(_memory_worker(json.loads(args._worker))))
+    if common.serve_worker(args, _memory_worker):
         return {}
 
     args.batch = args.batch or SIZES[args.size]["batch"]
     args.seq_len = args.seq_len or SIZES[args.size]["seq_len"]
     if args.smoke:
         args.batch, args.steps, args.rounds, args.warmup, args.memory_steps = 8, 1, 2, 1, 1
-    if args.output is None:
-        args.output = str(RESULTS_DIR / f"train_step_{args.size}{'_smoke' if args.smoke else ''}.json")
-    settings = device_settings(args)
+    args.output = common.output_path(args, f"train_step_{args.size}")
+    settings = common.device_settings(args)
     variants = ["reference", "ours"]
     fusion_note = None
     if args.fusion:
@@ -341,9 +204,9 @@ def main(argv: list[str] | None = None) -> dict:
         f"dtype={settings['dtype']} compile={settings['compile']} fused_adamw={settings['fused_adamw']} "
         f"attn={settings['attn_implementation']} steps={args.steps} rounds={args.rounds}"
     )
-    with torch_threads(settings["threads"]):
+    with common.torch_threads(settings["threads"]):
         throughput = measure_throughput(args, settings, variants)
-    memory = {}
+    peaks = {}
     for variant in variants:
         spec = {
             "variant": variant,
@@ -354,7 +217,7 @@ def main(argv: list[str] | None = None) -> dict:
             "seed": args.seed,
             "settings": settings,
         }
-        memory[variant] = run_worker(Path(__file__).resolve(), spec, args.timeout)
+        peaks[variant] = memory.run_worker(Path(__file__).resolve(), spec, args.timeout)
 
     ref, ours = throughput["reference"], throughput["ours"]
     on_cpu = settings["device"] == "cpu"
@@ -363,28 +226,28 @@ def main(argv: list[str] | None = None) -> dict:
             "pairs/s (median)",
             f"{ref['median']:.1f}",
             f"{ours['median']:.1f}",
-            fmt_ratio(ours["ratio_to_reference"]),
+            common.fmt_ratio(ours["ratio_to_reference"]),
             "ours/ref, median of per-round ratios (wall time)",
         ],
         [
             "peak memory",
-            fmt_bytes(memory["reference"]["peak_bytes"]),
-            fmt_bytes(memory["ours"]["peak_bytes"]),
-            fmt_ratio(memory["ours"]["peak_bytes"] / max(memory["reference"]["peak_bytes"], 1)),
+            common.fmt_bytes(peaks["reference"]["peak_bytes"]),
+            common.fmt_bytes(peaks["ours"]["peak_bytes"]),
+            common.fmt_ratio(peaks["ours"]["peak_bytes"] / max(peaks["reference"]["peak_bytes"], 1)),
             "RSS / CUDA allocator, steps 1-n incl. AdamW state",
         ],
         [
             "live-tensor peak",
-            fmt_bytes(memory["reference"]["tensor_peak_bytes"]),
-            fmt_bytes(memory["ours"]["tensor_peak_bytes"]),
-            fmt_ratio(memory["ours"]["tensor_peak_bytes"] / max(memory["reference"]["tensor_peak_bytes"], 1)),
+            common.fmt_bytes(peaks["reference"]["tensor_peak_bytes"]),
+            common.fmt_bytes(peaks["ours"]["tensor_peak_bytes"]),
+            common.fmt_ratio(peaks["ours"]["tensor_peak_bytes"] / max(peaks["reference"]["tensor_peak_bytes"], 1)),
             "steady-state step, op-level count (exact)",
         ],
         [
             "TFLOP/s",
             f"{ref['tflops_per_s']:.4f}",
             f"{ours['tflops_per_s']:.4f}",
-            fmt_ratio(ours["tflops_per_s"] / ref["tflops_per_s"]),
+            common.fmt_ratio(ours["tflops_per_s"] / ref["tflops_per_s"]),
             f"{ours['flops_per_step'] / 1e9:.2f} GFLOP/step",
         ],
     ]
@@ -395,7 +258,7 @@ def main(argv: list[str] | None = None) -> dict:
                 "pairs per CPU-s",
                 f"{ref['cpu_median']:.1f}",
                 f"{ours['cpu_median']:.1f}",
-                fmt_ratio(ours["cpu_ratio_to_reference"]),
+                common.fmt_ratio(ours["cpu_ratio_to_reference"]),
                 "process CPU time: robust to other jobs",
             ],
         )
@@ -403,7 +266,7 @@ def main(argv: list[str] | None = None) -> dict:
         rows.append(
             ["MFU", f"{ref['mfu']:.1%}", f"{ours['mfu']:.1%}", "-", f"peak {settings['peak_tflops']:g} TFLOP/s"]
         )
-    print_table(
+    common.print_table(
         "Dual-encoder train step: ChineseCLIPModel (reference) vs DualEncoderModel (ours)",
         ["metric", "reference", "ours", "ratio", "note"],
         rows,
@@ -415,11 +278,11 @@ def main(argv: list[str] | None = None) -> dict:
             "pairs_per_s": fusion["median"],
             "ratio_fusion_over_dual": fusion["ratio_to_ours"],
             "cpu_ratio_fusion_over_dual": fusion["cpu_ratio_to_ours"],
-            "peak_bytes": memory["fusion"]["peak_bytes"],
-            "memory_ratio_fusion_over_dual": memory["fusion"]["peak_bytes"] / max(memory["ours"]["peak_bytes"], 1),
+            "peak_bytes": peaks["fusion"]["peak_bytes"],
+            "memory_ratio_fusion_over_dual": peaks["fusion"]["peak_bytes"] / max(peaks["ours"]["peak_bytes"], 1),
             "flops_per_step": fusion["flops_per_step"],
         }
-        print_table(
+        common.print_table(
             "Price of fusion: our dual-encoder step (reference here) vs FusionEncoderForPreTraining (ITC+ITM+MLM)",
             ["metric", "dual", "fusion", "fusion/dual"],
             [
@@ -427,7 +290,7 @@ def main(argv: list[str] | None = None) -> dict:
                     "pairs/s (median)",
                     f"{ours['median']:.1f}",
                     f"{fusion['median']:.1f}",
-                    fmt_ratio(fusion["ratio_to_ours"]),
+                    common.fmt_ratio(fusion["ratio_to_ours"]),
                 ],
                 *(
                     [
@@ -435,7 +298,7 @@ def main(argv: list[str] | None = None) -> dict:
                             "pairs per CPU-s",
                             f"{ours['cpu_median']:.1f}",
                             f"{fusion['cpu_median']:.1f}",
-                            fmt_ratio(fusion["cpu_ratio_to_ours"]),
+                            common.fmt_ratio(fusion["cpu_ratio_to_ours"]),
                         ]
                     ]
                     if on_cpu
@@ -443,28 +306,30 @@ def main(argv: list[str] | None = None) -> dict:
                 ),
                 [
                     "peak memory",
-                    fmt_bytes(memory["ours"]["peak_bytes"]),
-                    fmt_bytes(memory["fusion"]["peak_bytes"]),
-                    fmt_ratio(fusion_row["memory_ratio_fusion_over_dual"]),
+                    common.fmt_bytes(peaks["ours"]["peak_bytes"]),
+                    common.fmt_bytes(peaks["fusion"]["peak_bytes"]),
+                    common.fmt_ratio(fusion_row["memory_ratio_fusion_over_dual"]),
                 ],
                 [
                     "live-tensor peak",
-                    fmt_bytes(memory["ours"]["tensor_peak_bytes"]),
-                    fmt_bytes(memory["fusion"]["tensor_peak_bytes"]),
-                    fmt_ratio(memory["fusion"]["tensor_peak_bytes"] / max(memory["ours"]["tensor_peak_bytes"], 1)),
+                    common.fmt_bytes(peaks["ours"]["tensor_peak_bytes"]),
+                    common.fmt_bytes(peaks["fusion"]["tensor_peak_bytes"]),
+                    common.fmt_ratio(
+                        peaks["fusion"]["tensor_peak_bytes"] / max(peaks["ours"]["tensor_peak_bytes"], 1)
+                    ),
                 ],
                 [
                     "GFLOP/step",
                     f"{ours['flops_per_step'] / 1e9:.2f}",
                     f"{fusion['flops_per_step'] / 1e9:.2f}",
-                    fmt_ratio(fusion["flops_per_step"] / ours["flops_per_step"]),
+                    common.fmt_ratio(fusion["flops_per_step"] / ours["flops_per_step"]),
                 ],
             ],
         )
     report = {
-        "benchmark": "train step: DualEncoderModel vs ChineseCLIPModel (same weights), and fusion vs dual",
-        "date": BENCH_DATE,
-        "machine": machine_info(settings["device"]),
+        **common.report_head(
+            "train step: DualEncoderModel vs ChineseCLIPModel (same weights), and fusion vs dual", settings["device"]
+        ),
         "config": {
             "size": args.size,
             "preset": SIZES[args.size]["preset"],
@@ -478,15 +343,15 @@ def main(argv: list[str] | None = None) -> dict:
             **settings,
         },
         "max_logit_diff": throughput["max_logit_diff"],
-        "reference": {**throughput["reference"], **memory["reference"]},
-        "ours": {**throughput["ours"], **memory["ours"]},
+        "reference": {**throughput["reference"], **peaks["reference"]},
+        "ours": {**throughput["ours"], **peaks["ours"]},
         "ratio_pairs_per_s": ours["ratio_to_reference"],
         "ratio_pairs_per_cpu_s": ours["cpu_ratio_to_reference"],
-        "ratio_peak_memory": memory["ours"]["peak_bytes"] / max(memory["reference"]["peak_bytes"], 1),
-        "ratio_tensor_peak": memory["ours"]["tensor_peak_bytes"] / max(memory["reference"]["tensor_peak_bytes"], 1),
-        "fusion": ({**throughput["fusion"], **memory["fusion"], **fusion_row} if fusion_row else fusion_note),
+        "ratio_peak_memory": peaks["ours"]["peak_bytes"] / max(peaks["reference"]["peak_bytes"], 1),
+        "ratio_tensor_peak": peaks["ours"]["tensor_peak_bytes"] / max(peaks["reference"]["tensor_peak_bytes"], 1),
+        "fusion": ({**throughput["fusion"], **peaks["fusion"], **fusion_row} if fusion_row else fusion_note),
     }
-    write_report(args.output, report)
+    common.write_report(args.output, report)
     return report
 
 

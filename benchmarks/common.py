@@ -6,15 +6,8 @@ Why these choices:
   reference for a minute and then ours for a minute would measure the load, not the code. `interleaved_rates`
   alternates the variants round by round in ABBA order and reports, per variant, the median rate, and the median
   of the per-round ratios, which cancels slow drifts in the background load.
-* **Peak memory in a fresh process per variant.** On CPU, torch allocations are invisible to `tracemalloc`, and
-  the process peak (`ru_maxrss`) never goes down, so two variants measured in one process contaminate each other.
-  Each measurement runs in its own subprocess; after setup it resets the kernel's peak-RSS counter
-  (`/proc/self/clear_refs` = 5) and reports `VmHWM - VmRSS(before)`; glibc is told to serve every allocation of
-  64 KiB or more with `mmap` (`MALLOC_MMAP_THRESHOLD_`), so freed tensors leave the resident set at once and the
-  RSS follows the live bytes instead of the allocator's cached heap. On CUDA it is
-  `torch.cuda.max_memory_allocated() - memory_allocated(before)`.
-* **Live-tensor peak.** RSS peaks move by a MiB or two between runs (pages, allocator); `TensorPeak` also
-  counts the bytes of live tensor storages op by op, which is deterministic and compares variants exactly.
+* **Memory** is measured in a fresh process per variant, as the peak above a post-setup baseline and as the
+  live-tensor peak: see `benchmarks/memory.py`.
 * **FLOPs counted, not guessed.** `count_flops` runs `torch.utils.flop_counter.FlopCounterMode` once; CPU
   SDPA kernels have no FLOP formula there, so FLOPs are counted on a copy of the model with eager attention
   (the same matmuls), which is what MFU is then computed from.
@@ -29,9 +22,7 @@ import datetime
 import json
 import os
 import platform
-import resource
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -44,10 +35,10 @@ __all__ = [
     "DEFAULT_PEAK_TFLOPS",
     "REPO_ROOT",
     "RESULTS_DIR",
-    "PeakMemory",
-    "TensorPeak",
     "add_device_arguments",
+    "add_run_arguments",
     "autocast",
+    "benchmark_parser",
     "build_optimizer",
     "compile_towers",
     "count_flops",
@@ -57,8 +48,10 @@ __all__ = [
     "interleaved_rates",
     "machine_info",
     "mfu",
+    "output_path",
     "print_table",
-    "run_worker",
+    "report_head",
+    "serve_worker",
     "set_attention",
     "sync",
     "torch_threads",
@@ -71,8 +64,46 @@ RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 # not reached by real kernels); MFU is reported against this unless `--peak-tflops` says otherwise.
 DEFAULT_PEAK_TFLOPS = 790.0
 BENCH_DATE = datetime.date.today().isoformat()
-# glibc serves allocations at or above this size with mmap, so they are returned to the OS when freed.
-MMAP_THRESHOLD_BYTES = 65536
+
+
+# ---------------------------------------------------------------------------------------------------- command line
+
+
+def benchmark_parser(doc: str) -> argparse.ArgumentParser:
+    """The parser of a benchmark script, its module docstring (with the example commands) as the help text."""
+    return argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def add_run_arguments(
+    parser: argparse.ArgumentParser, smoke_help: str, output_name: str, worker: bool = False
+) -> None:
+    """The options every benchmark run shares: `--seed`, `--smoke` (a seconds-long CI run, `smoke_help` says what it
+    shrinks), `--output` (see `output_path`); with `worker`, the peak-memory subprocesses' `--timeout` and the hidden
+    `--_worker SPEC` they are started with (`benchmarks.memory.run_worker`, `serve_worker`)."""
+    parser.add_argument("--seed", type=int, default=0)
+    if worker:
+        parser.add_argument("--timeout", type=float, default=1800, help="seconds per measurement subprocess")
+    parser.add_argument("--smoke", action="store_true", help=smoke_help)
+    parser.add_argument(
+        "--output", default=None, help=f"JSON result (default benchmarks/results/{output_name}[_smoke].json)"
+    )
+    if worker:
+        parser.add_argument("--_worker", default=None, help=argparse.SUPPRESS)
+
+
+def output_path(args: argparse.Namespace, name: str) -> str:
+    """`--output`, else `benchmarks/results/<name>.json` (`<name>_smoke.json` for a smoke run, which must not
+    overwrite the results the README quotes)."""
+    return args.output or str(RESULTS_DIR / f"{name}{'_smoke' if args.smoke else ''}.json")
+
+
+def serve_worker(args: argparse.Namespace, worker: Callable[[dict[str, Any]], dict[str, Any]]) -> bool:
+    """In a measurement subprocess (`--_worker SPEC`): print `worker(spec)` as the JSON line `run_worker` reads and
+    return True; False in the main process."""
+    if args._worker is None:
+        return False
+    print(json.dumps(worker(json.loads(args._worker))))
+    return True
 
 
 # ---------------------------------------------------------------------------------------------------- machine
@@ -255,161 +286,6 @@ def interleaved_rates(
     return summary
 
 
-# ---------------------------------------------------------------------------------------------------- memory
-
-
-def _status_kib(field: str) -> int | None:
-    try:
-        with open("/proc/self/status") as handle:
-            for line in handle:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def _reset_peak_rss() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as handle:
-            handle.write("5")
-    except OSError:
-        return False
-    return True
-
-
-class PeakMemory:
-    """Peak memory above a baseline taken at `start()`: CUDA allocator on GPU, process RSS on CPU.
-
-    Call `start()` after setup (model, optimizer, inputs built, and every code path run once on a small input so
-    that its code pages are resident) and `peak_bytes()` after the measured work. `method` says what was measured,
-    for the report.
-    """
-
-    def __init__(self, device: str) -> None:
-        self.device = device
-        self.base = 0
-        self.file_base: int | None = None
-        self.method = ""
-
-    def start(self) -> None:
-        import gc
-
-        import torch
-
-        gc.collect()
-        if self.device.startswith("cuda"):
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self.base = torch.cuda.memory_allocated(self.device)
-            self.method = "torch.cuda.max_memory_allocated - memory_allocated after setup"
-        elif _reset_peak_rss():
-            self.base = (_status_kib("VmRSS") or 0) * 1024
-            self.file_base = (_status_kib("RssFile") or 0) * 1024
-            self.method = "VmHWM - VmRSS after setup (peak RSS reset via /proc/self/clear_refs, mmap'd allocations)"
-        else:
-            self.base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-            self.method = "ru_maxrss delta over the post-setup peak (underestimates when setup peaked higher)"
-
-    def file_backed_growth(self) -> int | None:
-        """Growth of the file-backed resident set (code pages of kernels run for the first time) since `start()`.
-
-        It is part of the RSS peak but not memory the workload allocated; callers warm up every code path before
-        `start()` so that this stays near zero, and report it so that a reader can check.
-        """
-        if self.file_base is None:
-            return None
-        return (_status_kib("RssFile") or 0) * 1024 - self.file_base
-
-    def peak_bytes(self) -> int:
-        import torch
-
-        if self.device.startswith("cuda"):
-            torch.cuda.synchronize(self.device)
-            peak = torch.cuda.max_memory_allocated(self.device)
-        elif self.method.startswith("VmHWM"):
-            peak = (_status_kib("VmHWM") or 0) * 1024
-        else:
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        return max(int(peak - self.base), 0)
-
-
-class TensorPeak:
-    """Peak bytes of tensor storages created and still alive inside the block (a `TorchDispatchMode`).
-
-    An allocation-level complement to `PeakMemory`: deterministic (no page granularity, no allocator caching, no
-    other process), device-independent, and able to tell which variant keeps more tensors alive at its worst
-    moment. It sees every storage an aten op returns, including in backward and in the optimizer; it does not see
-    scratch buffers a kernel allocates and frees internally, storages that existed before the block, nor what runs
-    inside a `torch.compile`d graph (use the `PeakMemory` figure with `--compile`).
-    """
-
-    def __init__(self) -> None:
-        self.peak = 0
-        self._mode = None
-
-    def __enter__(self) -> TensorPeak:
-        import weakref
-
-        import torch
-        from torch.utils._python_dispatch import TorchDispatchMode
-        from torch.utils._pytree import tree_flatten
-
-        tracker = self
-        live: dict[int, int] = {}
-        current = [0]
-
-        def forget(key: int, size: int) -> None:
-            if live.pop(key, None) is not None:
-                current[0] -= size
-
-        class _Mode(TorchDispatchMode):
-            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-                out = func(*args, **(kwargs or {}))
-                # Views and in-place results share an input's storage: not an allocation (and the input may be a
-                # parameter or optimizer state that existed before the block).
-                inputs = {
-                    t.untyped_storage().data_ptr()
-                    for t in tree_flatten((args, kwargs))[0]
-                    if isinstance(t, torch.Tensor) and t.device.type != "meta"
-                }
-                for tensor in tree_flatten(out)[0]:
-                    if not isinstance(tensor, torch.Tensor):
-                        continue
-                    storage = tensor.untyped_storage()
-                    key, size = storage.data_ptr(), storage.nbytes()
-                    if size == 0 or key in live or key in inputs:
-                        continue
-                    live[key] = size
-                    current[0] += size
-                    tracker.peak = max(tracker.peak, current[0])
-                    weakref.finalize(storage, forget, key, size)
-                return out
-
-        self._mode = _Mode()
-        self._mode.__enter__()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._mode.__exit__(*exc)
-
-
-def run_worker(script: str | Path, spec: dict[str, Any], timeout: float = 1800) -> dict[str, Any]:
-    """Run `script --_worker <spec as JSON>` in a fresh interpreter and return the JSON on its last stdout line.
-
-    The environment makes glibc mmap every allocation of 64 KiB or more (see `PeakMemory`).
-    """
-    env = dict(os.environ)
-    env["MALLOC_MMAP_THRESHOLD_"] = str(MMAP_THRESHOLD_BYTES)
-    env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    env.setdefault("HF_HUB_OFFLINE", "1")
-    cmd = [sys.executable, str(script), "--_worker", json.dumps(spec)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT, env=env)
-    if proc.returncode != 0:
-        raise RuntimeError(f"benchmark worker failed ({spec}):\n{proc.stderr[-4000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
 # ---------------------------------------------------------------------------------------------------- FLOPs
 
 
@@ -464,6 +340,11 @@ def print_table(title: str, header: Sequence[str], rows: Sequence[Sequence[Any]]
         if index == 0:
             print("  ".join("-" * width for width in widths))
     sys.stdout.flush()
+
+
+def report_head(benchmark: str, device: str) -> dict[str, Any]:
+    """The fields every report starts with: what it measures, the date and the machine (`machine_info`)."""
+    return {"benchmark": benchmark, "date": BENCH_DATE, "machine": machine_info(device)}
 
 
 def write_report(path: str | Path, report: dict[str, Any]) -> Path:

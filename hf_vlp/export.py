@@ -177,7 +177,7 @@ def export_onnx(
         "model_class": type(model).__name__,
         "model_type": model.config.model_type,
         "similarity": "token_wise" if token_wise else "global",
-        "embedding_dim": int(_embedding_dim(model)),
+        "embedding_dim": int(model.config.projection_dim),
         "opset": opset,
         "image_encoder": {
             "file": IMAGE_ENCODER_FILE,
@@ -206,11 +206,6 @@ def export_onnx(
         }
     (output_dir / ONNX_CONFIG_FILE).write_text(json.dumps(config, indent=1))
     return OnnxExport(output_dir, output_dir / IMAGE_ENCODER_FILE, output_dir / TEXT_ENCODER_FILE, config)
-
-
-def _embedding_dim(model: nn.Module) -> int:
-    config = model.config
-    return getattr(config, "projection_dim", None) or config.embed_dim
 
 
 def quantize_onnx(path: str | os.PathLike) -> Path:

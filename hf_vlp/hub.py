@@ -30,7 +30,8 @@ from huggingface_hub import CommitInfo, CommitOperationAdd, HfApi
 from huggingface_hub.utils import filter_repo_objects
 from transformers.dynamic_module_utils import get_relative_imports
 
-from .model_card import _is_hub_id, render_model_card
+from .model_card import render_model_card
+from .model_card.render import is_hub_id
 
 
 __all__ = ["DEFAULT_IGNORE_PATTERNS", "HubPushError", "push_model_folder", "validate_model_folder"]
@@ -187,7 +188,7 @@ def _point_adapter_at_base(folder: Path, base_model: str | None, operations: dic
         adapter_config["base_model_name_or_path"] = base_model
         content = json.dumps(adapter_config, indent=2, sort_keys=True) + "\n"
         operations["adapter_config.json"] = CommitOperationAdd("adapter_config.json", content.encode("utf-8"))
-    elif not _is_hub_id(adapter_config.get("base_model_name_or_path")):
+    elif not is_hub_id(adapter_config.get("base_model_name_or_path")):
         logger.warning(
             "adapter %s names no Hub base model (base_model_name_or_path=%r): pass base_model= so users can load it",
             folder,

@@ -26,7 +26,6 @@ from .models.processing_vlp import DEFAULT_ZERO_SHOT_PROMPT
 
 
 __all__ = [
-    "DEFAULT_TEMPLATE",
     "ZERO_SHOT_PRESETS",
     "TemplateEnsembleZeroShotPipeline",
     "ZeroShotFileError",
@@ -38,7 +37,6 @@ __all__ = [
     "zero_shot_preset",
 ]
 
-DEFAULT_TEMPLATE = DEFAULT_ZERO_SHOT_PROMPT
 ZERO_SHOT_PRESETS = ("imagenet-zh",)
 
 
@@ -150,7 +148,7 @@ class TemplateEnsembleZeroShotPipeline(ZeroShotImageClassificationPipeline):
     `template_ensemble_scores`; with one template they equal the stock pipeline's.
     """
 
-    def preprocess(self, image, candidate_labels=None, hypothesis_template=DEFAULT_TEMPLATE, **kwargs):
+    def preprocess(self, image, candidate_labels=None, hypothesis_template=DEFAULT_ZERO_SHOT_PROMPT, **kwargs):
         templates = [hypothesis_template] if isinstance(hypothesis_template, str) else list(hypothesis_template)
         if not templates:
             raise ValueError("hypothesis_template must be a template or a non-empty list of templates")

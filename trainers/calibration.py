@@ -20,9 +20,10 @@ from hf_vlp.calibration import (
     fit_temperature_and_bias,
     reliability_table,
 )
+from hf_vlp.models.retrieval_core import select_embeddings
 from trainers.data import EvalGallery
 
-from .evaluation import EvalRuntime, encode_images, encode_texts
+from .evaluation import EvalRuntime, encode_images, encode_texts, eval_mode
 
 
 __all__ = ["calibrate_match_probability", "uncalibrated_probability"]
@@ -41,8 +42,7 @@ def _pair_scores(model: nn.Module, images, texts, image_index, text_index, batch
     scores = []
     for start in range(0, image_index.numel(), batch_size):
         rows = slice(start, start + batch_size)
-        image = type(images)(**{k: v[image_index[rows]] for k, v in images.items() if isinstance(v, torch.Tensor)})
-        text = type(texts)(**{k: v[text_index[rows]] for k, v in texts.items() if isinstance(v, torch.Tensor)})
+        image, text = select_embeddings(images, image_index[rows]), select_embeddings(texts, text_index[rows])
         scores.append(model.match_score(image, text).float().cpu())
     return torch.cat(scores)
 
@@ -60,17 +60,13 @@ def calibrate_match_probability(
     pair counts, ECE and reliability tables before and after on the held-out half."""
     if len(gallery.images) < 2:
         raise ValueError("calibration needs at least 2 evaluation images (one half fits, the other measures)")
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         images, _ = encode_images(model, gallery.images, processor, runtime)
         texts = encode_texts(model, gallery.texts, processor, runtime)
         with torch.no_grad():
             similarity = model.similarity(images, texts)[0].float().cpu()
         image_index, text_index, labels = calibration_pairs(similarity, gallery.img2txt, negatives_per_image, seed)
         scores = _pair_scores(model, images, texts, image_index, text_index, runtime.batch_size)
-    finally:
-        model.train(was_training)
     fit, held_out = image_index % 2 == 0, image_index % 2 == 1
     scale, bias = fit_temperature_and_bias(scores[fit], labels[fit])
     before = uncalibrated_probability(model, scores[held_out])

@@ -21,6 +21,7 @@ __all__ = [
     "DatasetEpochCallback",
     "GritRefreshCallback",
     "MomentumUpdateCallback",
+    "base_model_of",
     "current_epoch",
     "unwrap_model",
 ]
@@ -34,6 +35,13 @@ def unwrap_model(model: nn.Module) -> nn.Module:
         if not isinstance(inner, nn.Module):
             return model
         model = inner
+
+
+def base_model_of(model: nn.Module) -> nn.Module:
+    """The user's model inside wrappers, and inside a PEFT model its base model (whose `forward` and config are the
+    model's own)."""
+    inner = unwrap_model(model)
+    return inner.get_base_model() if hasattr(inner, "get_base_model") else inner
 
 
 def current_epoch(state: TrainerState) -> int:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,6 +58,7 @@ __all__ = [
     "chance_recall",
     "encode_images",
     "encode_texts",
+    "eval_mode",
     "evaluate_retrieval",
     "evaluate_zero_shot",
 ]
@@ -211,6 +212,17 @@ def _encode(
     return outputs, num_bad
 
 
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """The model in eval mode for the block (no dropout, no patch dropout), back in its own mode afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
 def encode_images(
     model: nn.Module, images: Sequence[Any], processor: Any, runtime: EvalRuntime
 ) -> tuple[ModelOutput, int]:
@@ -357,9 +369,7 @@ def evaluate_retrieval(
     """
     if not gallery.images or not gallery.texts:
         raise ValueError("the evaluation gallery has no images or no texts")
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         images, num_bad = encode_images(model, gallery.images, processor, runtime)
         texts = encode_texts(model, gallery.texts, processor, runtime)
         reranker = implementation_of(model, RerankingModel) if rerank else None
@@ -368,8 +378,6 @@ def evaluate_retrieval(
             direction: _query_topk(model, images, texts, direction, runtime, k, chunk_size, reranker, rerank_combine)
             for direction in ("i2t", "t2i")
         }
-    finally:
-        model.train(was_training)
     (scores_i2t, indices_i2t), (scores_t2i, indices_t2i) = results["i2t"], results["t2i"]
     txt2imgs = gallery.txt2imgs
     if indices_i2t.shape[1] >= max(ks) and indices_t2i.shape[1] >= max(ks):
@@ -426,22 +434,14 @@ def evaluate_zero_shot(
     template or a list) and scored as their ensemble (`hf_vlp.zero_shot.template_ensemble_scores`).
     """
     templates = dataset.templates or ([prompt] if isinstance(prompt, str) else list(prompt))
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model), torch.no_grad():
         images, _ = encode_images(model, dataset.images, processor, runtime)
         prompts = encode_texts(model, class_prompts(dataset.class_names, templates), processor, runtime)
-        with torch.no_grad():
-            num_images = images.embeds.shape[0]
-            logits = torch.cat(
-                [
-                    template_ensemble_scores(
-                        model, select_embeddings(images, slice(s, s + 256)), prompts, len(templates)
-                    )
-                    for s in range(0, num_images, 256)
-                ]
-            )
-    finally:
-        model.train(was_training)
+        logits = torch.cat(
+            [
+                template_ensemble_scores(model, select_embeddings(images, slice(s, s + 256)), prompts, len(templates))
+                for s in range(0, images.embeds.shape[0], 256)
+            ]
+        )
     ks = (1, 5) if len(dataset.class_names) > 5 else (1,)
     return zero_shot_accuracy(logits.float().cpu(), dataset.labels, ks=ks)

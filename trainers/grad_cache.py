@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, Protocol, runtime_checkable
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from hf_vlp.models.retrieval_core import (
@@ -30,7 +31,13 @@ from hf_vlp.models.retrieval_core import (
 )
 
 
-__all__ = ["ContrastiveModel", "check_grad_cache_support", "grad_cache_backward", "text_inputs_of"]
+__all__ = [
+    "ContrastiveModel",
+    "average_gradients",
+    "check_grad_cache_support",
+    "grad_cache_backward",
+    "text_inputs_of",
+]
 
 _TEXT_KEYS = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
 
@@ -162,3 +169,20 @@ def grad_cache_backward(
         if tensors:
             torch.autograd.backward(tensors, grads)
     return loss.detach()
+
+
+def average_gradients(model: nn.Module) -> None:
+    """DDP's gradient averaging, for the gradient-cache path that does not run through the DDP forward."""
+    world = dist.get_world_size()
+    handles, grads = [], []
+    for param in model.parameters():
+        if not param.requires_grad:
+            continue
+        if param.grad is None:
+            param.grad = torch.zeros_like(param)
+        grads.append(param.grad)
+        handles.append(dist.all_reduce(param.grad, async_op=True))
+    for handle in handles:
+        handle.wait()
+    for grad in grads:
+        grad.div_(world)

@@ -20,11 +20,13 @@ What changes, and why:
   method); the stock Trainer then saves only the adapter, in checkpoints and in `save_model`, and resumes it.
 * `create_model_card`: hf-vlp's card (`hf_vlp.model_card`) with the measured retrieval / zero-shot results, which
   `push_to_hub` uploads, instead of the generic Trainer card.
+
+The machinery behind the overrides lives in its own modules (`batches`, `distillation`, `grad_cache`, `grit`,
+`evaluation`, `callbacks`); this one holds only the overrides, one or two methods per item above.
 """
 
 from __future__ import annotations
 
-import inspect
 import logging
 import os
 import time
@@ -32,21 +34,22 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint, has_length, speed_metrics
 
 from hf_vlp.models.processing_vlp import DEFAULT_MAX_LENGTH
-from hf_vlp.retrieval import gather_for_eval
-from trainers.data import SIDE_CHANNEL_KEYS, EvalGallery, ImageTextCollator
+from trainers.data import EvalGallery, ImageTextCollator
 
 from .arguments import VLPTrainingArguments, parse_rerank_combine
+from .batches import distill_alpha, empty_batch_loss, model_inputs
 from .callbacks import DatasetEpochCallback, GritRefreshCallback, MomentumUpdateCallback, unwrap_model
+from .distillation import add_distillation, load_distill_teacher
 from .evaluation import EvalRuntime, ZeroShotSet, evaluate_retrieval, evaluate_zero_shot
-from .grad_cache import check_grad_cache_support, grad_cache_backward, text_inputs_of
-from .sampler import GritSampler, grit_grouping
+from .grad_cache import average_gradients, check_grad_cache_support, grad_cache_backward
+from .grit import GRIT_STATE_NAME, load_grit_state, refresh_grit_order, save_grit_state, train_set_embeddings
+from .sampler import GritSampler
 
 
 if TYPE_CHECKING:
@@ -55,8 +58,6 @@ if TYPE_CHECKING:
 __all__ = ["GRIT_STATE_NAME", "VLPTrainer"]
 
 logger = logging.getLogger(__name__)
-
-GRIT_STATE_NAME = "grit_sampler.pt"
 
 
 class VLPTrainer(Trainer):
@@ -145,54 +146,18 @@ class VLPTrainer(Trainer):
         self._grad_cache_checked = False
         if args.grit_sampling:
             self.add_callback(GritRefreshCallback(self))
-        self._distill_teacher = self._load_distill_teacher() if args.distill_teacher else None
+        self._distill_teacher = load_distill_teacher(self.model, args) if args.distill_teacher else None
 
     # ------------------------------------------------------------------------------------------ loss
-    def _forward_accepts(self, model: nn.Module, name: str) -> bool:
-        """Whether the model's `forward` takes `name` (through PEFT and DDP wrappers)."""
-        inner = unwrap_model(model)
-        if hasattr(inner, "get_base_model"):
-            inner = inner.get_base_model()
-        parameters = inspect.signature(inner.forward).parameters
-        return name in parameters or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
-
     def _model_inputs(self, model: nn.Module, inputs: dict[str, Any], training: bool) -> dict[str, Any] | None:
-        """The batch without the collator's side-channel keys, plus `image_ids` / `return_loss` where accepted;
-        None when nothing is left (the collator dropped every sample of the batch as bad)."""
-        inputs = dict(inputs)
-        skipped = inputs.pop("num_skipped_samples", 0)
+        """The model's `forward` arguments of a collated batch (`trainers.batches`), None for an all-bad batch."""
+        inputs, skipped = model_inputs(model, inputs, self.args.use_image_ids)
         if training:
-            self._num_skipped_samples += int(skipped)
-        image_hash = inputs.pop("image_hash", None)
-        for key in SIDE_CHANNEL_KEYS:
-            # a tensor `image_ids` is the user's own model input; the collator's is a list of strings
-            if key != "image_ids" or not isinstance(inputs.get(key), torch.Tensor):
-                inputs.pop(key, None)
-        if not any(isinstance(value, torch.Tensor) and value.numel() for value in inputs.values()):
-            return None
-        use_hash = self.args.use_image_ids and image_hash is not None and "image_ids" not in inputs
-        if use_hash and self._forward_accepts(model, "image_ids"):
-            inputs["image_ids"] = image_hash
-        if self._forward_accepts(model, "return_loss"):
-            inputs["return_loss"] = True
-        alpha = self._distill_alpha(model)
-        if alpha is not None:
+            self._num_skipped_samples += skipped
+        alpha = distill_alpha(model, self.args.distill_warmup_steps, self.state.global_step)
+        if inputs is not None and alpha is not None:
             inputs["alpha"] = alpha
         return inputs
-
-    def _distill_alpha(self, model: nn.Module) -> float | None:
-        """ALBEF's warm-up of the momentum-distillation weight: `distill_alpha * min(1, step / warmup_steps)`."""
-        warmup = self.args.distill_warmup_steps
-        target = getattr(getattr(unwrap_model(model), "config", None), "distill_alpha", None)
-        if not warmup or target is None or not model.training or not self._forward_accepts(model, "alpha"):
-            return None
-        return float(target) * min(1.0, self.state.global_step / warmup)
-
-    def _empty_batch_loss(self, model: nn.Module) -> torch.Tensor:
-        """Zero loss connected to every trainable parameter, for a batch whose samples were all bad."""
-        logger.warning("Every sample of a batch was bad; the batch contributes nothing to this step")
-        params = [p for p in model.parameters() if p.requires_grad]
-        return sum((p.sum() * 0.0 for p in params), torch.zeros((), device=self.args.device))
 
     def _record_loss_terms(self, outputs: Any) -> None:
         if not isinstance(outputs, dict):
@@ -200,59 +165,6 @@ class VLPTrainer(Trainer):
         for key, value in outputs.items():
             if key.endswith("_loss") and isinstance(value, torch.Tensor):
                 self._loss_terms.setdefault(key, []).append(value.detach().float().mean())
-
-    def _load_distill_teacher(self) -> nn.Module:
-        """The frozen fusion teacher of `distill_teacher`, after checking the student can learn from it."""
-        from hf_vlp import DualEncoderModel
-        from hf_vlp.distillation import load_distillation_teacher
-
-        student = unwrap_model(self.model)
-        if hasattr(student, "get_base_model"):
-            student = student.get_base_model()
-        if not isinstance(student, DualEncoderModel):
-            raise ValueError(f"distill_teacher trains a dual-encoder student; the model is {type(student).__name__}")
-        if self.args.grad_cache_chunk_size:
-            raise ValueError("distill_teacher cannot be combined with grad_cache_chunk_size (the teacher needs pairs)")
-        if student.config.vision_patch_dropout:
-            raise ValueError(
-                "distill_teacher matches the teacher's attention over every image token: train the student with "
-                "vision_patch_dropout=0"
-            )
-        teacher = load_distillation_teacher(self.args.distill_teacher, self.args.device)
-        if teacher.config.text_config.vocab_size != student.config.text_config.vocab_size:
-            raise ValueError(
-                f"distill_teacher {self.args.distill_teacher} has a {teacher.config.text_config.vocab_size}-token "
-                f"vocabulary and the student {student.config.text_config.vocab_size}: both must share the tokenizer"
-            )
-        logger.info("Distilling from the fusion teacher %s (frozen)", self.args.distill_teacher)
-        return teacher
-
-    def _add_distillation(self, model: nn.Module, inputs: dict[str, Any], outputs: Any) -> dict[str, Any]:
-        """The student's outputs with the DiDE terms against the teacher added to its loss."""
-        from hf_vlp.distillation import distillation_loss
-
-        student = unwrap_model(model)
-        if hasattr(student, "get_base_model"):
-            student = student.get_base_model()
-        weight, itm_weight = self.args.distill_weight, self.args.distill_itm_weight
-        weights = {
-            "attention_distill_loss": weight,
-            "itc_distill_loss": weight,
-            "itm_distill_loss": weight if itm_weight is None else itm_weight,
-        }
-        terms = distillation_loss(
-            student,
-            self._distill_teacher,
-            inputs,
-            temperature=self.args.distill_temperature,
-            attention_weight=weights["attention_distill_loss"],
-            itc_weight=weights["itc_distill_loss"],
-            itm_weight=weights["itm_distill_loss"],
-            student_output=outputs,
-        )
-        distilled = {key: value for key, value in terms.items() if key in weights}
-        distill = sum((weights[key] * value for key, value in distilled.items()), torch.zeros_like(terms["loss"]))
-        return {**dict(outputs), **distilled, "distill_loss": distill, "loss": terms["loss"]}
 
     def compute_loss(
         self,
@@ -264,11 +176,11 @@ class VLPTrainer(Trainer):
         """The model's own `loss` (the sum of its objectives); `*_loss` fields are kept for logging."""
         inputs = self._model_inputs(model, inputs, training=model.training)
         if inputs is None:
-            loss = self._empty_batch_loss(model)
+            loss = empty_batch_loss(model, self.args.device)
             return (loss, None) if return_outputs else loss
         outputs = model(**inputs)
         if self._distill_teacher is not None and model.training:
-            outputs = self._add_distillation(model, inputs, outputs)
+            outputs = add_distillation(model, self._distill_teacher, inputs, outputs, self.args)
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs[0]
         if loss is None:
             raise ValueError(f"{type(unwrap_model(model)).__name__} returned no loss; is `return_loss` supported?")
@@ -295,7 +207,7 @@ class VLPTrainer(Trainer):
         inputs = self._model_inputs(inner, self._prepare_inputs(inputs), training=True)
         scale = 1.0 / self.current_gradient_accumulation_steps
         if inputs is None:
-            loss = self._empty_batch_loss(inner)
+            loss = empty_batch_loss(inner, self.args.device)
             self.accelerator.backward(loss)
         else:
             loss = grad_cache_backward(
@@ -309,7 +221,7 @@ class VLPTrainer(Trainer):
             )
             self._record_loss_terms({"itc_loss": loss})
         if self.accelerator.sync_gradients and isinstance(model, nn.parallel.DistributedDataParallel):
-            _average_gradients(inner)
+            average_gradients(inner)
         return loss.detach() * scale
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
@@ -398,68 +310,17 @@ class VLPTrainer(Trainer):
         return self._grit_sampler
 
     def refresh_grit_groups(self, epoch: int) -> None:
-        """Group the training set with the current model's embeddings for `epoch` (called by `GritRefreshCallback`).
-
-        Skipped when the groups for `epoch` were restored from a checkpoint: recomputing them with a model that
-        is partway through the epoch would change the batches of a resumed run.
-        """
-        sampler = self._grit()
-        sampler.set_epoch(epoch)
-        if sampler.order_epoch == epoch:
-            return
-        started = time.time()
-        image_embeds, text_embeds = self._train_set_embeddings()
-        order = torch.empty(len(image_embeds), dtype=torch.long)
-        if self.args.process_index == 0:
-            generator = torch.Generator().manual_seed(sampler.seed + epoch)
-            order = grit_grouping(image_embeds, text_embeds, self.args.grit_search_space, generator)
-        if self.args.world_size > 1:
-            order = order.to(self.args.device)
-            dist.broadcast(order, src=0)
-        sampler.set_order(order.cpu(), epoch)
-        logger.info("GRIT groups for epoch %d computed in %.1fs", epoch, time.time() - started)
-
-    def _train_set_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Normalised image and text embeddings of every training item (rows of bad items stay zero)."""
-        dataset = self.train_dataset
+        """Group the training set with the current model's embeddings for `epoch` (called by `GritRefreshCallback`;
+        kept when the groups of `epoch` were restored from a checkpoint)."""
         runtime = self._eval_runtime()
-        start, stop = runtime.shard(len(dataset))
-        loader = DataLoader(
-            _Indexed(dataset, range(start, stop)),
-            batch_size=self.args.per_device_eval_batch_size,
-            num_workers=self.args.dataloader_num_workers,
-            collate_fn=_IndexedCollator(self.data_collator),
-        )
         model = self.accelerator.unwrap_model(self.model)
-        was_training = model.training
-        model.eval()
-        indices, images, texts = [], [], []
-        try:
-            with torch.no_grad():
-                for batch_indices, batch in loader:
-                    if batch is None:
-                        continue
-                    batch = self._prepare_inputs(batch)
-                    with self.accelerator.autocast():
-                        images.append(model.encode_image(pixel_values=batch["pixel_values"]).embeds.float())
-                        texts.append(model.encode_text(**text_inputs_of(batch)).embeds.float())
-                    indices.append(batch_indices.to(self.args.device))
-        finally:
-            model.train(was_training)
-        dim = images[0].shape[1] if images else 0
-        if self.args.world_size > 1:
-            dim_tensor = torch.tensor([dim], device=self.args.device)
-            dist.all_reduce(dim_tensor, op=dist.ReduceOp.MAX)
-            dim = int(dim_tensor.item())
-        local_indices = torch.cat(indices) if indices else torch.empty(0, dtype=torch.long, device=self.args.device)
-        local_images = torch.cat(images) if images else torch.empty(0, dim, device=self.args.device)
-        local_texts = torch.cat(texts) if texts else torch.empty(0, dim, device=self.args.device)
-        all_indices = gather_for_eval(local_indices).cpu()
-        image_embeds = torch.zeros(len(dataset), dim)
-        text_embeds = torch.zeros(len(dataset), dim)
-        image_embeds[all_indices] = gather_for_eval(local_images).cpu()
-        text_embeds[all_indices] = gather_for_eval(local_texts).cpu()
-        return image_embeds, text_embeds
+        refresh_grit_order(
+            self._grit(),
+            epoch,
+            lambda: train_set_embeddings(model, self.train_dataset, self.data_collator, runtime, self._prepare_inputs),
+            self.args.grit_search_space,
+            runtime,
+        )
 
     def train(
         self,
@@ -473,16 +334,16 @@ class VLPTrainer(Trainer):
             if resume_from_checkpoint is None:
                 raise ValueError(f"No valid checkpoint found in output directory ({self.args.output_dir})")
         if isinstance(resume_from_checkpoint, str) and self.args.grit_sampling:
-            path = os.path.join(resume_from_checkpoint, GRIT_STATE_NAME)
-            if os.path.isfile(path):
-                self._grit().load_state_dict(torch.load(path, weights_only=True))
+            state = load_grit_state(resume_from_checkpoint)
+            if state is not None:
+                self._grit().load_state_dict(state)
         return super().train(resume_from_checkpoint, trial, ignore_keys_for_eval)
 
     def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
         super()._save_checkpoint(model, trial)
-        if self._grit_sampler is not None and self._grit_sampler.order is not None and self.args.should_save:
+        if self.args.should_save:
             folder = os.path.join(self._get_output_dir(trial), f"checkpoint-{self.state.global_step}")
-            torch.save(self._grit_sampler.state_dict(), os.path.join(folder, GRIT_STATE_NAME))
+            save_grit_state(self._grit_sampler, folder)
 
     # ------------------------------------------------------------------------------------------ evaluation
     def _eval_runtime(self) -> EvalRuntime:
@@ -604,47 +465,3 @@ class VLPTrainer(Trainer):
 def _is_peft_model(model: nn.Module | None) -> bool:
     """A `PeftModel` (duck-typed, so `peft` stays an optional import)."""
     return hasattr(model, "get_base_model") and hasattr(model, "peft_config")
-
-
-class _Indexed(Dataset):
-    """`(index, item)` for a range of a dataset, so that embeddings stay attached to their items."""
-
-    def __init__(self, dataset: Dataset, indices: range) -> None:
-        self.dataset = dataset
-        self.indices = indices
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, position: int) -> tuple[int, Any]:
-        index = self.indices[position]
-        return index, self.dataset[index]
-
-
-class _IndexedCollator:
-    """Collate the good items (a bad one is None) and keep their dataset indices alongside."""
-
-    def __init__(self, collator: Any) -> None:
-        self.collator = collator
-
-    def __call__(self, items: list[tuple[int, Any]]) -> tuple[torch.Tensor, dict | None]:
-        kept = [(index, item) for index, item in items if item is not None]
-        batch = self.collator([item for _, item in kept]) if kept else None
-        return torch.tensor([index for index, _ in kept], dtype=torch.long), batch
-
-
-def _average_gradients(model: nn.Module) -> None:
-    """DDP's gradient averaging, for the gradient-cache path that does not run through the DDP forward."""
-    world = dist.get_world_size()
-    handles, grads = [], []
-    for param in model.parameters():
-        if not param.requires_grad:
-            continue
-        if param.grad is None:
-            param.grad = torch.zeros_like(param)
-        grads.append(param.grad)
-        handles.append(dist.all_reduce(param.grad, async_op=True))
-    for handle in handles:
-        handle.wait()
-    for grad in grads:
-        grad.div_(world)

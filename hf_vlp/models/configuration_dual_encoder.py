@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import math
 
-from transformers import AutoConfig, PreTrainedConfig
+from transformers import PreTrainedConfig
+
+from .configuration_base import VLPConfig, build_sub_config
 
 
 __all__ = ["DualEncoderConfig", "build_sub_config"]
 
-TEXT_POOLING_MODES = ("cls", "mean")
-VISION_POOLING_MODES = ("pooler", "cls", "mean")
 SIMILARITY_MODES = ("global", "token_wise")
 TOKEN_REDUCTION_MODES = ("none", "norm", "learned")
 CONTRASTIVE_LOSSES = ("softmax", "sigmoid")
@@ -22,21 +22,7 @@ CONTRASTIVE_LOSSES = ("softmax", "sigmoid")
 DEFAULT_LOGIT_SCALE_INIT = {"softmax": 2.6592, "sigmoid": math.log(10.0)}
 
 
-def build_sub_config(value: PreTrainedConfig | dict | None, default_model_type: str) -> PreTrainedConfig:
-    """Turn a sub-config given as a config object, a dict (as read from `config.json`) or None into a config.
-
-    Any transformers model type is accepted (BERT, RoBERTa, ViT, CLIP vision, Swin ...): the dict's own
-    `model_type` picks the class through `AutoConfig`, which is what lets users plug any Hub tower in.
-    """
-    if isinstance(value, PreTrainedConfig):
-        return value
-    value = dict(value or {})
-    model_type = value.pop("model_type", default_model_type)
-    value.pop("transformers_version", None)
-    return AutoConfig.for_model(model_type, **value)
-
-
-class DualEncoderConfig(PreTrainedConfig):
+class DualEncoderConfig(VLPConfig):
     r"""Configuration of a [`DualEncoderModel`]: any transformers text tower plus any vision tower.
 
     Args:
@@ -110,9 +96,7 @@ class DualEncoderConfig(PreTrainedConfig):
     """
 
     model_type = "hf_vlp_dual_encoder"
-    sub_configs = {"text_config": AutoConfig, "vision_config": AutoConfig}
-    default_text_model_type = "bert"
-    default_vision_model_type = "clip_vision_model"
+    preset_family = "dual_encoder"
 
     def __init__(
         self,
@@ -139,8 +123,7 @@ class DualEncoderConfig(PreTrainedConfig):
         vision_patch_dropout: float = 0.0,
         **kwargs,
     ):
-        self.text_config = build_sub_config(text_config, self.default_text_model_type)
-        self.vision_config = build_sub_config(vision_config, self.default_vision_model_type)
+        self._set_towers(text_config, vision_config)
         self.projection_dim = projection_dim
         self.logit_scale_init_value = (
             logit_scale_init_value
@@ -169,15 +152,13 @@ class DualEncoderConfig(PreTrainedConfig):
 
     def check_options(self) -> None:
         """Refuse misspelt modes and impossible sizes at construction, not hours into a run."""
-        for name, allowed in (
-            ("text_pooling", TEXT_POOLING_MODES),
-            ("vision_pooling", VISION_POOLING_MODES),
-            ("similarity", SIMILARITY_MODES),
-            ("token_reduction", TOKEN_REDUCTION_MODES),
-            ("contrastive_loss", CONTRASTIVE_LOSSES),
-        ):
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{type(self).__name__}.{name}={getattr(self, name)!r}; expected one of {allowed}")
+        self._check_choices(
+            {
+                "similarity": SIMILARITY_MODES,
+                "token_reduction": TOKEN_REDUCTION_MODES,
+                "contrastive_loss": CONTRASTIVE_LOSSES,
+            }
+        )
         for name in ("image_tokens_kept", "text_tokens_kept"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -186,14 +167,3 @@ class DualEncoderConfig(PreTrainedConfig):
             raise ValueError("token_reduction='learned' needs both image_tokens_kept and text_tokens_kept")
         if not 0.0 <= self.vision_patch_dropout < 1.0:
             raise ValueError(f"vision_patch_dropout must be in [0, 1), got {self.vision_patch_dropout}")
-        if self.projection_dim < 1:
-            raise ValueError(f"projection_dim must be >= 1, got {self.projection_dim}")
-
-    @classmethod
-    def from_preset(cls, name: str, **overrides) -> DualEncoderConfig:
-        """Build a named preset (see `hf_vlp.list_presets()`); offline, from the config alone."""
-        from .presets import preset_config_dict
-
-        values = preset_config_dict(name, family="dual_encoder")
-        values.update(overrides)
-        return cls(**values)

@@ -6,9 +6,9 @@ transformers and its sibling files, never `hf_vlp.*`.
 
 from __future__ import annotations
 
-from transformers import AutoConfig, PreTrainedConfig
+from transformers import PreTrainedConfig
 
-from .configuration_dual_encoder import TEXT_POOLING_MODES, VISION_POOLING_MODES, build_sub_config
+from .configuration_base import VLPConfig
 
 
 __all__ = ["FusionEncoderConfig"]
@@ -19,7 +19,7 @@ DEFAULT_PROJECTION_DIM = 256
 LOSS_WEIGHTS = ("itc_weight", "itm_weight", "mlm_weight", "target_distill_weight", "feature_distill_weight")
 
 
-class FusionEncoderConfig(PreTrainedConfig):
+class FusionEncoderConfig(VLPConfig):
     r"""Configuration of the fusion encoders ([`FusionEncoderForPreTraining`], [`FusionEncoderForRetrieval`]).
 
     Uni-modal towers (any transformers text / vision model, as in the dual encoder) are aligned by an image-text
@@ -105,9 +105,7 @@ class FusionEncoderConfig(PreTrainedConfig):
     """
 
     model_type = "hf_vlp_fusion_encoder"
-    sub_configs = {"text_config": AutoConfig, "vision_config": AutoConfig}
-    default_text_model_type = "bert"
-    default_vision_model_type = "clip_vision_model"
+    preset_family = "fusion_encoder"
 
     def __init__(
         self,
@@ -147,8 +145,7 @@ class FusionEncoderConfig(PreTrainedConfig):
         tie_word_embeddings: bool = True,
         **kwargs,
     ):
-        self.text_config = build_sub_config(text_config, self.default_text_model_type)
-        self.vision_config = build_sub_config(vision_config, self.default_vision_model_type)
+        self._set_towers(text_config, vision_config)
         self.projection_dim = _projection_dim(projection_dim, kwargs)
         self.logit_scale_init_value = logit_scale_init_value
         self.logit_scale_max = logit_scale_max
@@ -187,14 +184,7 @@ class FusionEncoderConfig(PreTrainedConfig):
 
     def check_options(self) -> None:
         """Refuse misspelt modes and impossible settings at construction, not hours into a run."""
-        for name, allowed in (
-            ("text_pooling", TEXT_POOLING_MODES),
-            ("vision_pooling", VISION_POOLING_MODES),
-            ("fusion_mode", FUSION_MODES),
-            ("itm_negatives", ITM_NEGATIVE_MODES),
-        ):
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{type(self).__name__}.{name}={getattr(self, name)!r}; expected one of {allowed}")
+        self._check_choices({"fusion_mode": FUSION_MODES, "itm_negatives": ITM_NEGATIVE_MODES})
         if self.num_fusion_layers < 1:
             raise ValueError(f"num_fusion_layers must be >= 1, got {self.num_fusion_layers}")
         if self.fusion_hidden_size % self.fusion_num_attention_heads != 0:
@@ -202,8 +192,6 @@ class FusionEncoderConfig(PreTrainedConfig):
                 f"fusion_hidden_size={self.fusion_hidden_size} is not a multiple of "
                 f"fusion_num_attention_heads={self.fusion_num_attention_heads}"
             )
-        if self.projection_dim < 1:
-            raise ValueError(f"projection_dim must be >= 1, got {self.projection_dim}")
         for name in ("momentum", "distill_alpha", "mlm_probability"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
@@ -223,15 +211,6 @@ class FusionEncoderConfig(PreTrainedConfig):
     def loss_weights(self) -> dict[str, float]:
         """Weight of each pre-training loss term in the total, keyed by its output field (`itc_loss` ...)."""
         return {name.replace("_weight", "_loss"): getattr(self, name) for name in LOSS_WEIGHTS}
-
-    @classmethod
-    def from_preset(cls, name: str, **overrides) -> FusionEncoderConfig:
-        """Build a named preset (see `hf_vlp.list_presets("fusion_encoder")`); offline, from the config alone."""
-        from .presets import preset_config_dict
-
-        values = preset_config_dict(name, family="fusion_encoder")
-        values.update(overrides)
-        return cls(**values)
 
 
 def _projection_dim(projection_dim: int | None, kwargs: dict) -> int:

@@ -120,7 +120,9 @@ class FusionPreTrainingObjectives:
                 batch.image, batch.text, batch.image_m, batch.text_m, batch.image_ids, batch.alpha, batch.logit_scale
             )
         else:
-            loss = self._in_batch_itc(batch.image.embeds, batch.text.embeds, batch.logit_scale, batch.image_ids)
+            # Only the contrastive embeddings: gathering the token states across ranks would be wasted.
+            image, text = RetrievalEmbeddings(embeds=batch.image.embeds), RetrievalEmbeddings(embeds=batch.text.embeds)
+            loss = self._contrastive_loss(image, text, batch.logit_scale, batch.image_ids)
         return {"itc_loss": loss}
 
     def _itm_terms(self, batch: _PreTrainingBatch) -> _ItmTerms:
@@ -177,9 +179,10 @@ class FusionPreTrainingObjectives:
             self.text_model.get_input_embeddings().num_embeddings,
             config.special_token_ids,
         )
-        masked_text = self._embeddings(
+        masked_text = self._gallery_embeddings(
             self._text_features(masked_ids, batch.attention_mask, batch.token_type_ids, batch.position_ids),
             batch.attention_mask,
+            is_image=False,
         )
         fused = self.cross_encode(batch.image, masked_text, image_stream=config.feature_distill_weight > 0)
         return _MaskedPass(masked_ids, labels, fused)
@@ -194,11 +197,12 @@ class FusionPreTrainingObjectives:
         soft_targets = None
         if batch.alpha > 0:
             with torch.no_grad():
-                masked_text_m = self._embeddings(
+                masked_text_m = self._gallery_embeddings(
                     self._text_features(
                         masked.input_ids, batch.attention_mask, batch.token_type_ids, batch.position_ids, momentum=True
                     ),
                     batch.attention_mask,
+                    is_image=False,
                 )
                 fused_m = self.cross_encode(batch.image_m, masked_text_m, momentum=True, image_stream=False)
                 soft_targets = self.mlm_head_m(_gather_tokens(fused_m.text_hidden_state, index)).softmax(-1)

@@ -13,16 +13,17 @@ in-batch negatives, larger MLM ratio) and BridgeTower-style bridges, behind two 
 Both share parameter names, so either loads the other's checkpoint. Shipped with saved models (Hub custom
 code): imports torch, transformers and sibling files only.
 
-Split by role: the outputs are in `fusion_outputs.py`, the pre-training objective steps in `fusion_pretraining.py`
-(all still importable from here). This file stays over ~450 lines because it holds both model classes: every
-saved folder's `auto_map` names them as `modeling_fusion_encoder.<class>`, so they must stay in this module for
-saved models to reload.
+Split by role: the towers, features, `similarity` and contrastive `forward` and loss are shared with the dual
+encoder (`modeling_base.py`); the outputs are in `fusion_outputs.py`, the cross-encoder ranking in
+`fusion_ranking.py`, the momentum model in `fusion_momentum.py` and the pre-training objective steps in
+`fusion_pretraining.py` (mixins, all importable from here). Both model classes stay in this module: every saved
+folder's `auto_map` names them as `modeling_fusion_encoder.<class>`, and `save_pretrained` ships this file and
+the siblings it imports whichever class saves.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Collection
 
 import torch
 import torch.nn.functional as F
@@ -30,23 +31,16 @@ from torch import nn
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils import logging
-from transformers.utils.generic import can_return_tuple
 
 from .configuration_fusion_encoder import FusionEncoderConfig
-from .contrastive import image_text_contrastive_loss
 from .fusion_layers import CrossEncoderOutput, CrossModalEncoder, MaskedLMHead
-from .fusion_objectives import ema_update_, ring_buffer_enqueue_
+from .fusion_momentum import MomentumEncoderMixin
 from .fusion_outputs import FusionEncoderForPreTrainingOutput, FusionEncoderOutput, FusionRetrievalEmbeddings
 from .fusion_pretraining import FusionPreTrainingObjectives, _PreTrainingBatch
-from .modeling_dual_encoder import ZERO_SHOT_AUTO_CLASS, DualEncoderModel, VLPPreTrainedModel
-from .retrieval_core import (
-    RetrievalEmbeddings,
-    blockwise_topk,
-    gather_contrastive_batch,
-    parse_combine,
-    rerank_topk,
-)
-from .towers import build_tower, present, text_tower_features, vision_tower_features, vision_width
+from .fusion_ranking import CrossEncoderRankingMixin
+from .modeling_base import MOMENTUM_SUFFIX, ZERO_SHOT_AUTO_CLASS, VLPPreTrainedModel
+from .modeling_dual_encoder import DualEncoderModel
+from .towers import build_tower, present, vision_width
 
 
 __all__ = [
@@ -59,12 +53,8 @@ __all__ = [
 
 logger = logging.get_logger(__name__)
 
-MOMENTUM_SUFFIX = "_m"
-# Gallery rows scored at once by `rank`'s first stage: bounds its score buffer to (queries x 16k) on any gallery.
-_RANK_CHUNK_SIZE = 16384
 
-
-class FusionEncoderForRetrieval(VLPPreTrainedModel):
+class FusionEncoderForRetrieval(CrossEncoderRankingMixin, VLPPreTrainedModel):
     """Fusion encoder for two-stage image-text retrieval: contrastive top-k, then cross-encoder re-ranking.
 
     The contrastive half has the dual encoder's API (a [`DualEncoderModel`] and this class are interchangeable
@@ -94,6 +84,7 @@ class FusionEncoderForRetrieval(VLPPreTrainedModel):
     _supports_flash_attn = False
     # A pre-training checkpoint also holds the momentum model, the queue and the MLM head: not needed here.
     _keys_to_ignore_on_load_unexpected = [r"^[a-z_]+_m\.", r"^mlm_head\.", r"^(image|text|id)_queue$", r"^queue_ptr$"]
+    _output_class = FusionEncoderOutput
 
     def __init__(self, config: FusionEncoderConfig):
         super().__init__(config)
@@ -122,67 +113,18 @@ class FusionEncoderForRetrieval(VLPPreTrainedModel):
             # R2D2's image-text cross encoder: image tokens query the text tokens.
             setattr(self, "image_fusion" + suffix, CrossModalEncoder(config, vision_size, text_size))
 
-    def _part(self, name: str, momentum: bool = False) -> nn.Module:
-        return getattr(self, name + MOMENTUM_SUFFIX if momentum else name)
-
     # ---------------------------------------------------------------- uni-modal features
-    def _text_features(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        token_type_ids: torch.Tensor | None = None,
-        position_ids: torch.Tensor | None = None,
-        momentum: bool = False,
-        **kwargs,
-    ) -> BaseModelOutputWithPooling:
-        if self.config.use_bridges:
-            kwargs["output_hidden_states"] = True
-        return text_tower_features(
-            self._part("text_model", momentum),
-            self._part("text_projection", momentum),
-            self.config.text_pooling,
-            input_ids,
-            attention_mask,
-            token_type_ids,
-            position_ids,
-            **kwargs,
-        )
+    def _tower_kwargs(self, kwargs: dict) -> dict:
+        # Bridges feed the towers' top layer outputs into the fusion layers: every tower call returns them.
+        return {**kwargs, "output_hidden_states": True} if self.config.use_bridges else kwargs
 
-    def _image_features(self, pixel_values: torch.Tensor, momentum: bool = False, **kwargs):
-        if self.config.use_bridges:
-            kwargs["output_hidden_states"] = True
-        return vision_tower_features(
-            self._part("vision_model", momentum),
-            self._part("visual_projection", momentum),
-            self.config.vision_pooling,
-            pixel_values,
-            **kwargs,
-        )
-
-    @can_return_tuple
-    def get_text_features(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        token_type_ids: torch.Tensor | None = None,
-        position_ids: torch.Tensor | None = None,
-        **kwargs,
-    ) -> BaseModelOutputWithPooling | tuple:
-        """Text tower output whose `pooler_output` is the projected (unnormalised) contrastive embedding (a tuple
-        with `return_dict=False` or `config.return_dict=False`, as CLIP)."""
-        return self._text_features(input_ids, attention_mask, token_type_ids, position_ids, **kwargs)
-
-    @can_return_tuple
-    def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling | tuple:
-        """Vision tower output whose `pooler_output` is the projected (unnormalised) contrastive embedding (a tuple
-        with `return_dict=False` or `config.return_dict=False`, as CLIP)."""
-        return self._image_features(pixel_values, **kwargs)
-
-    def _embeddings(
-        self, features: BaseModelOutputWithPooling, mask: torch.Tensor | None
+    def _gallery_embeddings(
+        self, features: BaseModelOutputWithPooling, token_mask: torch.Tensor | None, is_image: bool
     ) -> FusionRetrievalEmbeddings:
+        """What a gallery keeps per item: the normalised embedding and the token states for the cross encoder."""
         states = features.last_hidden_state
-        if mask is None:
+        mask = token_mask
+        if mask is None:  # image tokens: all real
             mask = torch.ones(states.shape[:2], dtype=torch.long, device=states.device)
         bridges = None
         if self.config.use_bridges:
@@ -200,27 +142,6 @@ class FusionEncoderForRetrieval(VLPPreTrainedModel):
             fusion_mask=mask,
             bridge_states=bridges,
         )
-
-    def encode_text(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        token_type_ids: torch.Tensor | None = None,
-        **kwargs,
-    ) -> FusionRetrievalEmbeddings:
-        """What a gallery keeps per text: the normalised embedding and the token states for the cross encoder."""
-        return self._embeddings(
-            self._text_features(input_ids, attention_mask, token_type_ids, **kwargs), attention_mask
-        )
-
-    def encode_image(self, pixel_values: torch.Tensor, **kwargs) -> FusionRetrievalEmbeddings:
-        """What a gallery keeps per image: the normalised embedding and the token states for the cross encoder."""
-        return self._embeddings(self._image_features(pixel_values, **kwargs), None)
-
-    def similarity(self, image: RetrievalEmbeddings, text: RetrievalEmbeddings) -> tuple[torch.Tensor, torch.Tensor]:
-        """Unscaled contrastive (cosine) similarity `(sim_i2t, sim_t2i)`, both (images, texts), as the dual's."""
-        sim = image.embeds @ text.embeds.t()
-        return sim, sim
 
     # ---------------------------------------------------------------- cross encoders
     def cross_encode(
@@ -265,148 +186,6 @@ class FusionEncoderForRetrieval(VLPPreTrainedModel):
             image_hidden_state=None if image_out is None else image_out.last_hidden_state,
             text_cross_attentions=text_out.cross_attentions,
             image_cross_attentions=None if image_out is None else image_out.cross_attentions,
-        )
-
-    def rerank_scores(self, image: FusionRetrievalEmbeddings, text: FusionRetrievalEmbeddings) -> torch.Tensor:
-        """Cross-encoder score of each aligned pair (image[i], text[i]): the ITM match log-odds
-        `logit[match] - logit[no match]` (averaged over both cross encoders in two-way mode).
-
-        Log-odds rather than a probability, because probabilities saturate at 1 and would tie the best
-        candidates. A side with a single item is broadcast against the other (one query, k candidates). This
-        method makes the model a `retrieval_core.RerankingModel`: two-stage evaluation and the Space call it on
-        their top-k pairs through `rerank_topk`'s `pair_scorer`:
-        `lambda i, t: model.rerank_scores(images.select(i), texts.select(t))`.
-        """
-        image, text = _broadcast_pairs(image, text)
-        logits = self.cross_encode(image, text).itm_logits
-        return logits[:, 1] - logits[:, 0]
-
-    match_score_is_log_odds = True
-
-    def match_score(self, image: FusionRetrievalEmbeddings, text: FusionRetrievalEmbeddings) -> torch.Tensor:
-        """ITM log-odds of each aligned pair (see `rerank_scores`): what `match_probability` calibrates."""
-        return self.rerank_scores(image, text)
-
-    def itm_score(
-        self,
-        input_ids: torch.Tensor,
-        pixel_values: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        token_type_ids: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """ITM match log-odds of each given (image, text) pair, from raw inputs (see `rerank_scores`)."""
-        return self.rerank_scores(
-            self.encode_image(pixel_values), self.encode_text(input_ids, attention_mask, token_type_ids)
-        )
-
-    @torch.no_grad()
-    def rank(
-        self,
-        query: FusionRetrievalEmbeddings,
-        gallery: FusionRetrievalEmbeddings,
-        query_modality: str = "text",
-        k: int = 16,
-        combine: str | float = "sum",
-        batch_size: int = 64,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Two-stage retrieval: the contrastive top-`k` of the gallery for each query, re-ranked by the cross encoder.
-
-        Args:
-            query: encoded queries (`encode_text` for text-to-image search, `encode_image` for image-to-text).
-            gallery: encoded gallery of the other modality (e.g. `FusionRetrievalEmbeddings.cat` of batches).
-            query_modality: `"text"` or `"image"`: the modality of `query`.
-            k: candidates kept from the first stage (clipped to the gallery size).
-            combine: final score from the cross score `c` and contrastive cosine `s`: `"cross"` -> `c` (ALBEF),
-                `"sum"` -> `c + s` (LAVIS), a weight `w` in [0, 1] -> `w * c + (1 - w) * s`
-                (`retrieval_core.combine_scores`).
-            batch_size: pairs per cross-encoder call.
-
-        Returns:
-            `(scores, indices)`, both (num_queries, k): combined scores, descending, and gallery indices.
-            First-stage ties keep the lower gallery index (`retrieval_core.blockwise_topk`, which scores the gallery
-            in blocks, so no full similarity matrix is held), equal combined scores keep the first-stage order
-            (`retrieval_core.rerank_topk`).
-        """
-        if query_modality not in ("text", "image"):
-            raise ValueError(f"query_modality must be 'text' or 'image', got {query_modality!r}")
-        combine = parse_combine(combine)
-        query_is_image = query_modality == "image"
-
-        def first_stage(start: int, stop: int) -> torch.Tensor:
-            block = gallery.select(slice(start, stop))
-            return self.similarity(query, block)[0] if query_is_image else self.similarity(block, query)[1].t()
-
-        first_scores, candidates = blockwise_topk(first_stage, gallery.embeds.shape[0], k, _RANK_CHUNK_SIZE)
-
-        def cross_scores(query_index: torch.Tensor, candidate_index: torch.Tensor) -> torch.Tensor:
-            queries, items = query.select(query_index), gallery.select(candidate_index)
-            return self.rerank_scores(*((queries, items) if query_is_image else (items, queries)))
-
-        return rerank_topk(None, candidates, first_scores, cross_scores, combine=combine, batch_size=batch_size)
-
-    # ---------------------------------------------------------------- forward
-    def forward(
-        self,
-        input_ids: torch.LongTensor | None = None,
-        pixel_values: torch.FloatTensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        token_type_ids: torch.LongTensor | None = None,
-        position_ids: torch.LongTensor | None = None,
-        return_loss: bool | None = None,
-        image_ids: torch.LongTensor | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-    ) -> FusionEncoderOutput | tuple:
-        r"""Contrastive scores of every image against every text (the first stage), as the dual encoder.
-
-        Args:
-            return_loss (`bool`, *optional*): also return the in-batch contrastive loss (gathered across ranks).
-            image_ids (`torch.LongTensor` of shape `(batch,)`, *optional*): pairs sharing an image id are
-                positives of each other in the loss.
-        """
-        tower_kwargs = present(output_attentions=output_attentions, output_hidden_states=output_hidden_states)
-        # Image tower first, as the dual encoder: backward then frees the vision activations last (lower peak memory).
-        image_features = self._image_features(pixel_values, **tower_kwargs)
-        text_features = self._text_features(input_ids, attention_mask, token_type_ids, position_ids, **tower_kwargs)
-        text_embeds = F.normalize(text_features.pooler_output, dim=-1)
-        image_embeds = F.normalize(image_features.pooler_output, dim=-1)
-        logit_scale = self.get_logit_scale()
-        logits_per_image = logit_scale * image_embeds @ text_embeds.t()
-        loss = self._in_batch_itc(image_embeds, text_embeds, logit_scale, image_ids) if return_loss else None
-        output = FusionEncoderOutput(
-            loss=loss,
-            itc_loss=loss,
-            logits_per_image=logits_per_image,
-            logits_per_text=logits_per_image.t(),
-            text_embeds=text_embeds,
-            image_embeds=image_embeds,
-            text_model_output=text_features,
-            vision_model_output=image_features,
-        )
-        use_return_dict = return_dict if return_dict is not None else self.config.return_dict
-        return output if use_return_dict else output.to_tuple()
-
-    def _in_batch_itc(
-        self,
-        image_embeds: torch.Tensor,
-        text_embeds: torch.Tensor,
-        logit_scale: torch.Tensor,
-        image_ids: torch.Tensor | None,
-    ) -> torch.Tensor:
-        """Symmetric InfoNCE of the local batch against every rank's embeddings (gathered with gradient)."""
-        all_images, all_texts, offset, all_ids = gather_contrastive_batch(
-            RetrievalEmbeddings(embeds=image_embeds),
-            RetrievalEmbeddings(embeds=text_embeds),
-            image_ids,
-            enabled=self.config.gather_distributed,
-        )
-        return image_text_contrastive_loss(
-            logit_scale * image_embeds @ all_texts.embeds.t(),
-            logit_scale * text_embeds @ all_images.embeds.t(),
-            offset,
-            image_ids,
-            all_ids,
         )
 
     # ---------------------------------------------------------------- construction from other checkpoints
@@ -469,7 +248,7 @@ class FusionEncoderForRetrieval(VLPPreTrainedModel):
         return model
 
 
-class FusionEncoderForPreTraining(FusionPreTrainingObjectives, FusionEncoderForRetrieval):
+class FusionEncoderForPreTraining(MomentumEncoderMixin, FusionPreTrainingObjectives, FusionEncoderForRetrieval):
     """Fusion encoder pre-training: ITC (+ momentum queue and distillation), ITM with hard negatives, MLM and
     R2D2's target- and feature-guided distillation, each returned separately and summed with config weights.
 
@@ -528,99 +307,6 @@ class FusionEncoderForPreTraining(FusionPreTrainingObjectives, FusionEncoderForR
             init.constant_(module.id_queue, -1)
             init.zeros_(module.queue_ptr)
 
-    # ---------------------------------------------------------------- momentum model
-    def _momentum_triples(self) -> list[tuple[str, nn.Parameter, nn.Parameter]]:
-        """(momentum module name, online parameter, momentum parameter) for every momentum parameter.
-
-        Built from `named_parameters()`, which lists a shared tensor once: the tied MLM decoder / word embedding
-        of the momentum model is updated once per step, not twice.
-        """
-        triples = []
-        for name, param in self.named_parameters():
-            head, _, rest = name.partition(".")
-            if head.endswith(MOMENTUM_SUFFIX):
-                triples.append((head, self.get_parameter(f"{head[: -len(MOMENTUM_SUFFIX)]}.{rest}"), param))
-        return triples
-
-    def momentum_parameters(self) -> list[nn.Parameter]:
-        """The momentum model's parameters (frozen; never give them to an optimizer)."""
-        return [momentum for _, _, momentum in self._momentum_triples()]
-
-    @torch.no_grad()
-    def copy_params(self, modules: Collection[str] | None = None) -> None:
-        """Make the momentum model (or only its `modules`, e.g. `{"text_model_m"}`) a copy of the online one."""
-        for head, online, momentum in self._momentum_triples():
-            if modules is None or head in modules:
-                momentum.copy_(online)
-        self.freeze_momentum()
-
-    def freeze_momentum(self) -> None:
-        """`requires_grad=False` on the momentum model (again after loading: transformers 5 resets it)."""
-        for momentum in self.momentum_parameters():
-            momentum.requires_grad_(False)
-
-    @torch.no_grad()
-    def momentum_update(self) -> None:
-        """One EMA step of the momentum model: `p_m = m * p_m + (1 - m) * p`. Call once per optimizer step."""
-        triples = self._momentum_triples()
-        if triples:
-            ema_update_([m for _, _, m in triples], [p for _, p, _ in triples], self.config.momentum)
-
-    def resize_token_embeddings(
-        self, new_num_tokens: int | None = None, pad_to_multiple_of: int | None = None, mean_resizing: bool = True
-    ) -> nn.Embedding:
-        """Resize the vocabulary of the online model (text tower, tied MLM decoder) and of the momentum copy.
-
-        The momentum model reads the same token ids (its text tower and `mlm_head_m`, tied the same way), so it
-        is resized to the same size; it keeps its own rows for the existing ids and starts the new ids' rows as
-        copies of the online ones, as `copy_params()` would.
-        """
-        embeddings = super().resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
-        if getattr(self, "text_model_m", None) is None:
-            return embeddings
-        momentum = self.text_model_m.get_input_embeddings()
-        if momentum.num_embeddings != embeddings.num_embeddings:
-            resized = nn.Embedding(
-                embeddings.num_embeddings,
-                embeddings.embedding_dim,
-                padding_idx=momentum.padding_idx,
-                device=embeddings.weight.device,
-                dtype=embeddings.weight.dtype,
-            )
-            decoder = self.mlm_head_m.decoder
-            bias = None if decoder.bias is None else _resized_rows(decoder.bias, self.mlm_head.decoder.bias)
-            with torch.no_grad():
-                resized.weight.copy_(_resized_rows(momentum.weight, embeddings.weight))
-            self.text_model_m.set_input_embeddings(resized)
-            decoder.weight = resized.weight  # the tie of `_build_modules`
-            decoder.out_features = embeddings.num_embeddings
-            if bias is not None:
-                decoder.bias = nn.Parameter(bias)
-            self.freeze_momentum()
-        return embeddings
-
-    def _after_load(self, missing_keys: list[str]) -> None:
-        # A checkpoint without (part of) the momentum model, e.g. a retrieval or dual-encoder checkpoint: the missing
-        # momentum modules start as copies of the loaded online ones. transformers 5 re-creates loaded parameters
-        # with requires_grad=True, so the momentum model is frozen again in any case.
-        stale = {key.split(".", 1)[0] for key in missing_keys}
-        self.copy_params({head for head in stale if head.endswith(MOMENTUM_SUFFIX)})
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        for name, module in self.named_children():
-            if name.endswith(MOMENTUM_SUFFIX):
-                module.eval()
-        return self
-
-    @torch.no_grad()
-    def _enqueue(self, image_keys: torch.Tensor, text_keys: torch.Tensor, key_ids: torch.Tensor | None) -> None:
-        if key_ids is None:
-            key_ids = torch.full((image_keys.shape[0],), -1, dtype=torch.long, device=image_keys.device)
-        ring_buffer_enqueue_(
-            [self.image_queue, self.text_queue, self.id_queue], [image_keys, text_keys, key_ids], self.queue_ptr
-        )
-
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -674,19 +360,20 @@ class FusionEncoderForPreTraining(FusionPreTrainingObjectives, FusionEncoderForR
         image_m = text_m = None
         if momentum:
             with torch.no_grad():
-                text_m = self._embeddings(
+                text_m = self._gallery_embeddings(
                     self._text_features(input_ids, attention_mask, token_type_ids, position_ids, momentum=True),
                     attention_mask,
+                    is_image=False,
                 )
-                image_m = self._embeddings(self._image_features(pixel_values, momentum=True), None)
+                image_m = self._gallery_embeddings(self._image_features(pixel_values, momentum=True), None, True)
         batch = _PreTrainingBatch(
             input_ids=input_ids,
             attention_mask=attention_mask,
             token_type_ids=token_type_ids,
             position_ids=position_ids,
             image_ids=image_ids,
-            image=self._embeddings(image_features, None),
-            text=self._embeddings(text_features, attention_mask),
+            image=self._gallery_embeddings(image_features, None, is_image=True),
+            text=self._gallery_embeddings(text_features, attention_mask, is_image=False),
             image_m=image_m,
             text_m=text_m,
             logit_scale=self.get_logit_scale(),
@@ -717,26 +404,3 @@ class FusionEncoderForPreTraining(FusionPreTrainingObjectives, FusionEncoderForR
         )
         use_return_dict = return_dict if return_dict is not None else config.return_dict
         return output if use_return_dict else output.to_tuple()
-
-
-def _resized_rows(own: torch.Tensor, online: torch.Tensor) -> torch.Tensor:
-    """A momentum tensor resized along dim 0 to the online one's length: its own rows where both have them, the
-    online rows beyond (detached copies)."""
-    rows = min(own.shape[0], online.shape[0])
-    resized = online.detach().clone()
-    resized[:rows] = own.detach()[:rows]
-    return resized
-
-
-def _broadcast_pairs(
-    image: FusionRetrievalEmbeddings, text: FusionRetrievalEmbeddings
-) -> tuple[FusionRetrievalEmbeddings, FusionRetrievalEmbeddings]:
-    """Repeat a single-item side to the other side's length; otherwise the lengths must agree."""
-    num_images, num_texts = image.embeds.shape[0], text.embeds.shape[0]
-    if num_images == num_texts:
-        return image, text
-    if num_images == 1:
-        return image.select(torch.zeros(num_texts, dtype=torch.long, device=image.embeds.device)), text
-    if num_texts == 1:
-        return image, text.select(torch.zeros(num_images, dtype=torch.long, device=text.embeds.device))
-    raise ValueError(f"cannot pair {num_images} images with {num_texts} texts: give aligned pairs or one side of one")

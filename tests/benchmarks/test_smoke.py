@@ -129,7 +129,7 @@ def test_linear_fit_recovers_a_line():
 
 def test_peak_memory_sees_a_transient_allocation(tmp_path):
     """A 64 MiB tensor allocated and freed after `start()` shows as ~64 MiB of peak, in a fresh process."""
-    from benchmarks.common import run_worker
+    from benchmarks.memory import run_worker
 
     script = tmp_path / "worker.py"
     script.write_text(
@@ -138,7 +138,7 @@ def test_peak_memory_sees_a_transient_allocation(tmp_path):
             import json, sys
             sys.path.insert(0, {str(REPO_ROOT)!r})
             import torch
-            from benchmarks.common import PeakMemory
+            from benchmarks.memory import PeakMemory
 
             torch.ones(8).sum()  # load torch's code paths first
             memory = PeakMemory("cpu")
@@ -157,7 +157,7 @@ def test_peak_memory_sees_a_transient_allocation(tmp_path):
 def test_tensor_peak_counts_new_storages_not_views_of_existing_ones():
     import torch
 
-    from benchmarks.common import TensorPeak
+    from benchmarks.memory import TensorPeak
 
     weight = torch.ones(256, 256)  # 256 KiB that exists before the block, like a parameter
     with TensorPeak() as tracker:

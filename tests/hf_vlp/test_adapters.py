@@ -24,6 +24,7 @@ from hf_vlp.adapters import (  # noqa: E402
     prepare_peft_model,
     require_peft,
 )
+from tests.trainers.helpers import VISION  # noqa: E402
 from tests.utils.isolation import run_isolated  # noqa: E402
 
 
@@ -94,15 +95,7 @@ def test_default_targets_are_read_from_each_towers_module_names(dual):
 
 
 def test_targets_follow_other_tower_architectures(tiny_dual_config):
-    vit = {
-        "model_type": "vit",
-        "hidden_size": 32,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "intermediate_size": 37,
-        "image_size": 32,
-        "patch_size": 8,
-    }
+    vit = {**VISION, "model_type": "vit"}
     config = type(tiny_dual_config)(text_config=tiny_dual_config.text_config, vision_config=vit, projection_dim=16)
     model = DualEncoderModel(config)
     vision = {name for name, _ in model.named_modules() if _match(default_target_modules(model, ("vision",)), name)}

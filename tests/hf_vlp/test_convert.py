@@ -8,6 +8,7 @@ from transformers import ChineseCLIPConfig, ChineseCLIPModel
 
 from hf_vlp import DualEncoderModel, VLPProcessor, build_chinese_tokenizer
 from hf_vlp.convert import ConversionError, chinese_clip_to_dual_encoder, convert_chinese_clip
+from tests.trainers.helpers import VISION
 
 
 def _tiny_chinese_clip() -> ChineseCLIPModel:
@@ -20,14 +21,7 @@ def _tiny_chinese_clip() -> ChineseCLIPModel:
             "intermediate_size": 37,
             "vocab_size": 7581,
         },
-        vision_config={
-            "hidden_size": 32,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "intermediate_size": 37,
-            "image_size": 32,
-            "patch_size": 8,
-        },
+        vision_config={k: v for k, v in VISION.items() if k != "model_type"},
         projection_dim=16,
     )
     return ChineseCLIPModel(config).eval()

@@ -9,17 +9,7 @@ from hf_vlp import DualEncoderConfig, DualEncoderModel
 from tests.trainers.helpers import TEXT, VISION, small_model
 
 
-VIT = {
-    "model_type": "vit",
-    "hidden_size": 32,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "intermediate_size": 37,
-    "image_size": 32,
-    "patch_size": 8,
-    "hidden_dropout_prob": 0.0,
-    "attention_probs_dropout_prob": 0.0,
-}
+VIT = {**VISION, "model_type": "vit", "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
 SWIN = {
     "model_type": "swin",
     "image_size": 32,

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from hf_vlp import DualEncoderModel, FusionEncoderConfig, FusionEncoderForPreTraining, FusionEncoderForRetrieval
-from hf_vlp.models import modeling_fusion_encoder
+from hf_vlp.models import fusion_ranking
 from hf_vlp.models.retrieval_core import (
     RerankingModel,
     RetrievalEmbeddings,
@@ -123,7 +123,7 @@ def test_fusion_rank_does_not_depend_on_the_gallery_block_size(monkeypatch):
         images = model.encode_image(torch.randn(5, 3, 32, 32))
         texts = model.encode_text(torch.randint(10, 7000, (7, 6)))
         whole = model.rank(texts, images, query_modality="text", k=4)
-        monkeypatch.setattr(modeling_fusion_encoder, "_RANK_CHUNK_SIZE", 2)
+        monkeypatch.setattr(fusion_ranking, "_RANK_CHUNK_SIZE", 2)
         blocks = model.rank(texts, images, query_modality="text", k=4)
     # the same candidates in the same order; scores equal up to float rounding of a different batch shape
     assert torch.equal(whole[1], blocks[1]) and torch.allclose(whole[0], blocks[0], atol=1e-6)

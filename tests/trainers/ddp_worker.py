@@ -17,6 +17,7 @@ from transformers import TrainerCallback
 
 from hf_vlp import VLPImageProcessor, VLPProcessor, build_chinese_tokenizer
 from tests.trainers.helpers import small_model, training_args
+from tests.utils.gradients import max_relative_error, parameter_grads
 from trainers import EvalRuntime, VLPTrainer, evaluate_retrieval
 from trainers.data import ImageTextCollator, ImageTextDataset, build_eval_gallery, demo_records
 
@@ -30,16 +31,7 @@ class GradCapture(TrainerCallback):
     grads: dict[str, torch.Tensor] = {}
 
     def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
-        self.grads = {name: p.grad.detach().clone() for name, p in model.named_parameters() if p.grad is not None}
-
-
-def max_relative_error(actual: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> float:
-    if actual.keys() != expected.keys():
-        return float("inf")
-    # Relative to each tensor's largest gradient, floored at 1e-3 of the largest of all: attention key biases get
-    # ~1e-9 gradients (softmax is shift-invariant), whose float32 noise is not an error.
-    floor = 1e-3 * max(float(v.abs().max()) for v in expected.values())
-    return max(float((actual[k] - v).abs().max()) / max(float(v.abs().max()), floor) for k, v in expected.items())
+        self.grads = parameter_grads(model)
 
 
 def main(output_dir: Path) -> None:

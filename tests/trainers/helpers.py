@@ -6,9 +6,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
+from transformers import TrainerCallback
 
 from hf_vlp import DualEncoderConfig, DualEncoderModel
-from trainers import VLPTrainingArguments
+from trainers import VLPTrainer, VLPTrainingArguments
+from trainers.data import ImageTextDataset, demo_records
 
 
 TEXT = {
@@ -67,6 +69,30 @@ def training_args(output_dir, **overrides) -> VLPTrainingArguments:
     }
     values.update(overrides)
     return VLPTrainingArguments(**values)
+
+
+def train_on_demo(model: nn.Module, processor, output_dir, num_records: int = 8, **args) -> VLPTrainer:
+    """A `VLPTrainer` of `model` over `num_records` 32px demo pairs with `training_args(output_dir, **args)`, after
+    `train()`."""
+    trainer = VLPTrainer(
+        model=model,
+        args=training_args(output_dir, **args),
+        train_dataset=ImageTextDataset(demo_records(num_records, image_size=32)),
+        processing_class=processor,
+    )
+    trainer.train()
+    return trainer
+
+
+class StopAtStep(TrainerCallback):
+    """Simulates a killed job: training stops after `step` optimizer steps, after any checkpoint is written."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= self.step:
+            control.should_training_stop = True
 
 
 class MomentumDualEncoder(DualEncoderModel):

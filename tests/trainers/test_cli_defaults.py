@@ -9,9 +9,9 @@ import pytest
 from hf_vlp import DEFAULT_MAX_LENGTH
 from tests.trainers.helpers import small_config
 from trainers import cli
-from trainers.cli.building import default_text_length, text_positions
 from trainers.cli.errors import UserError, check_max_length
 from trainers.cli.parsing import default_num_workers
+from trainers.cli.text_length import default_text_length, text_positions
 
 
 def test_default_text_length_is_capped_at_the_towers_positions():

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import TrainerCallback
 
 
 peft = pytest.importorskip("peft")
@@ -24,7 +23,7 @@ from transformers import AutoModel  # noqa: E402
 
 from hf_vlp.adapters import default_lora_config, load_adapter, merge_adapter  # noqa: E402
 from hf_vlp.hub import push_model_folder, validate_model_folder  # noqa: E402
-from tests.trainers.helpers import small_config, small_model, training_args  # noqa: E402
+from tests.trainers.helpers import StopAtStep, small_config, small_model, training_args  # noqa: E402
 from trainers import VLPTrainer, cli  # noqa: E402
 from trainers.callbacks import MomentumUpdateCallback  # noqa: E402
 from trainers.cli.finetune import FinetuneArguments, build_peft_config  # noqa: E402
@@ -76,22 +75,11 @@ def test_only_adapter_and_head_parameters_train_and_are_saved(tmp_path, small_pr
         assert "model.safetensors" not in files
 
 
-class _StopAt(TrainerCallback):
-    """A killed job: training stops after `step` optimizer steps."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step >= self.step:
-            control.should_training_stop = True
-
-
 def test_peft_run_resumes_from_an_adapter_checkpoint(tmp_path, small_processor, records):
     settings = {"max_steps": 4, "save_strategy": "steps", "save_steps": 2, "lr_scheduler_type": "linear"}
     full = _peft_trainer(tmp_path / "full", small_processor, records, **settings)
     full.train()
-    _peft_trainer(tmp_path / "run", small_processor, records, callbacks=[_StopAt(3)], **settings).train()
+    _peft_trainer(tmp_path / "run", small_processor, records, callbacks=[StopAtStep(3)], **settings).train()
     resumed = _peft_trainer(tmp_path / "run", small_processor, records, **settings)
     resumed.train(resume_from_checkpoint=str(tmp_path / "run" / "checkpoint-2"))
     assert resumed.state.global_step == 4

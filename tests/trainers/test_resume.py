@@ -6,23 +6,11 @@ from __future__ import annotations
 import os
 
 import torch
-from transformers import TrainerCallback
 
-from tests.trainers.helpers import MomentumDualEncoder, small_config, training_args
+from tests.trainers.helpers import MomentumDualEncoder, StopAtStep, small_config, training_args
 from trainers import VLPTrainer
 from trainers.data import ImageTextDataset, demo_records
-from trainers.trainer import GRIT_STATE_NAME
-
-
-class StopAtStep(TrainerCallback):
-    """Simulates a killed job: training stops after `step` optimizer steps, after any checkpoint is written."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step >= self.step:
-            control.should_training_stop = True
+from trainers.grit import GRIT_STATE_NAME
 
 
 def _trainer(output_dir, processor, records, callbacks=()):

@@ -11,6 +11,7 @@ from tests.trainers.helpers import (
     RegressionData,
     small_config,
     small_model,
+    train_on_demo,
     training_args,
 )
 from trainers import VLPTrainer
@@ -58,14 +59,9 @@ def test_momentum_model_updates_its_ema_and_logs_every_loss_term(tmp_path, small
     torch.manual_seed(0)
     model = MomentumDualEncoder(small_config())
     before = model.text_head_m.weight.detach().clone()
-    args = training_args(tmp_path, max_steps=2, gradient_accumulation_steps=2, learning_rate=0.05)
-    trainer = VLPTrainer(
-        model=model,
-        args=args,
-        train_dataset=ImageTextDataset(demo_records(16, image_size=32)),
-        processing_class=small_processor,
+    trainer = train_on_demo(
+        model, small_processor, tmp_path, 16, max_steps=2, gradient_accumulation_steps=2, learning_rate=0.05
     )
-    trainer.train()
     assert model.momentum_updates == 2
     assert not torch.equal(before, model.text_head_m.weight)
     log = _train_logs(trainer)[0]
@@ -75,14 +71,7 @@ def test_momentum_model_updates_its_ema_and_logs_every_loss_term(tmp_path, small
 def test_lit_trains_the_text_side_and_leaves_the_locked_vision_tower_alone(tmp_path, small_processor):
     model = small_model(lock_vision=True)
     before = {name: param.detach().clone() for name, param in model.named_parameters()}
-    args = training_args(tmp_path, max_steps=2, learning_rate=0.05)
-    trainer = VLPTrainer(
-        model=model,
-        args=args,
-        train_dataset=ImageTextDataset(demo_records(8, image_size=32)),
-        processing_class=small_processor,
-    )
-    trainer.train()
+    train_on_demo(model, small_processor, tmp_path, max_steps=2, learning_rate=0.05)
     changed = {name for name, param in model.named_parameters() if not torch.equal(before[name], param)}
     vision = {name for name in before if name.startswith("vision_model.")}
     assert vision and not changed & vision
@@ -139,14 +128,8 @@ def test_fusion_pretraining_logs_every_objective_and_ramps_distillation(tmp_path
     model = AutoModelForPreTraining.from_config(config_for_preset("tiny-fusion"))
     alphas = []
     model.register_forward_pre_hook(lambda module, args, kwargs: alphas.append(kwargs.get("alpha")), with_kwargs=True)
-    args = training_args(tmp_path, max_steps=2, learning_rate=1e-3, distill_warmup_steps=4)
-    trainer = VLPTrainer(
-        model=model,
-        args=args,
-        train_dataset=ImageTextDataset(demo_records(8, image_size=32)),
-        processing_class=processor_for_preset("tiny-fusion"),
-    )
-    trainer.train()
+    processor = processor_for_preset("tiny-fusion")
+    trainer = train_on_demo(model, processor, tmp_path, max_steps=2, learning_rate=1e-3, distill_warmup_steps=4)
     target = model.config.distill_alpha
     assert alphas == [0.0, target / 4]
     assert {"itc_loss", "itm_loss", "mlm_loss"} <= _train_logs(trainer)[0].keys()

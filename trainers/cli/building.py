@@ -13,6 +13,7 @@ __all__ = ["build_model_and_processor", "default_text_length", "text_positions"]
 
 from .checks import check_model_path
 from .errors import RUNTIME, USAGE, UserError, check_max_length
+from .text_length import default_text_length, text_positions
 
 
 logger = logging.getLogger(__name__)
@@ -132,26 +133,3 @@ def build_model_and_processor(model_args: Any, pretraining: bool = False) -> tup
     check_max_length(model.config, model_args.max_length)
     processor.max_length = model_args.max_length or default_text_length(model.config, processor.max_length)
     return model, processor
-
-
-def text_positions(config: Any) -> int | None:
-    """How many tokens the text tower can embed: its position table, less RoBERTa-style reserved rows (those count
-    positions from `pad_token_id + 1`); None for towers without a learned table (e.g. rotary)."""
-    text_config = getattr(config, "text_config", config)
-    positions = getattr(text_config, "max_position_embeddings", None)
-    if positions is None:
-        return None
-    if text_config.model_type in ("roberta", "xlm-roberta", "camembert", "data2vec-text"):
-        positions -= (text_config.pad_token_id or 0) + 1
-    return positions
-
-
-def default_text_length(config: Any, processor_default: int | None) -> int:
-    """The text length when `--max-length` is not given: the processor's (52 for a new model), capped at the text
-    tower's positions. Chinese-CLIP's 52 on a tower with 32 positions would fail at step 0 with an index error deep
-    inside its embedding layer."""
-    from hf_vlp.models.processing_vlp import DEFAULT_MAX_LENGTH
-
-    positions = text_positions(config)
-    default = processor_default or DEFAULT_MAX_LENGTH
-    return min(default, positions) if positions is not None else default

@@ -17,6 +17,8 @@ import sys
 from collections.abc import Iterable
 from typing import Any
 
+from .text_length import text_positions
+
 
 __all__ = [
     "RUNTIME",
@@ -94,8 +96,6 @@ def check_max_length(config: Any, max_length: int | None) -> None:
     """
     if max_length is None:
         return
-    from .building import text_positions  # (building imports this module)
-
     positions = text_positions(config)
     if max_length < 1:
         raise UserError(f"--max-length must be >= 1, got {max_length}", USAGE)

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from .building import build_model_and_processor
 from .errors import USAGE, UserError
-from .jobs import build_trainer, eval_name, prepare_job, resume_value
+from .jobs import build_trainer, eval_name, prepare_job, record_evaluation, train_save_evaluate, write_card
 from .sources import resolve_demo
 
 
@@ -181,30 +181,16 @@ def finetune_main(argv: Sequence[str]) -> int:
     model, processor = build_model_and_processor(model_args, pretraining=True)
     peft_config = build_peft_config(model, finetune_args, revision=model_args.revision)
     demo_eval = resolve_demo(data_args, _image_size(processor), training_args.seed, domain=finetune_args.demo_domain)
-    trainer, gallery, zero_shot = build_trainer(
-        "hf-vlp finetune", model, processor, data_args, training_args, peft_config=peft_config
-    )
+    trainer, gallery, zero_shot = build_trainer(model, processor, data_args, training_args, peft_config=peft_config)
     if trainer.is_world_process_zero():
         trainer.model.print_trainable_parameters()
     has_eval = gallery is not None or zero_shot is not None
     base_metrics: dict[str, float] = {}
     if has_eval:
         with trainer.model.disable_adapter():  # the base model exactly, whatever the method's initialisation
-            base_metrics = trainer.evaluate(metric_key_prefix="eval_base")
-        trainer.log_metrics("base_eval", base_metrics)
-        trainer.save_metrics("base_eval", base_metrics)
-
-    result = trainer.train(resume_from_checkpoint=resume_value(training_args.resume_from_checkpoint))
+            base_metrics = record_evaluation(trainer, "base_eval", metric_key_prefix="eval_base")
     adapter_dir = os.path.join(training_args.output_dir, ADAPTER_SUBDIR)
-    trainer.save_model(adapter_dir)
-    trainer.log_metrics("train", result.metrics)
-    trainer.save_metrics("train", result.metrics)
-    trainer.save_state()
-    metrics: dict[str, float] = {}
-    if has_eval:
-        metrics = trainer.evaluate()
-        trainer.log_metrics("eval", metrics)
-        trainer.save_metrics("eval", metrics)
+    metrics = train_save_evaluate(trainer, training_args, adapter_dir, has_eval)
 
     base_model = _hub_id(model_args.model)
     eval_dataset = (
@@ -221,7 +207,7 @@ def finetune_main(argv: Sequence[str]) -> int:
         # The adapter's card shows the base's zero-shot numbers next to the adapted ones ("(base)" rows); its usage
         # snippet loads `--hub_model_id`, the repo the adapter is meant for (`hf-vlp push ... --repo-id` keeps it).
         results = {**base_metrics, **metrics} or None
-        _write_card(adapter_dir, results=results, repo_id=training_args.hub_model_id, **card)
+        write_card(adapter_dir, results=results, repo_id=training_args.hub_model_id, **card)
         logger.info("Adapter saved to %s (load it with hf_vlp.adapters.load_adapter or PeftModel)", adapter_dir)
     if finetune_args.merge:
         merged = merge_adapter(trainer.model)
@@ -229,20 +215,9 @@ def finetune_main(argv: Sequence[str]) -> int:
             merged_dir = os.path.join(training_args.output_dir, MERGED_SUBDIR)
             merged.save_pretrained(merged_dir)
             processor.save_pretrained(merged_dir)
-            _write_card(merged_dir, results=metrics or None, **card)
+            write_card(merged_dir, results=metrics or None, **card)
             logger.info("Merged model saved to %s (load it with AutoModel.from_pretrained)", merged_dir)
     return 0
-
-
-def _write_card(folder: str, **kwargs: Any) -> None:
-    """`hf_vlp.model_card.write_model_card`, warning instead of failing: the weights are saved by then, and a card
-    problem (e.g. a model family without a template) must not fail a finished run."""
-    from hf_vlp.model_card import write_model_card
-
-    try:
-        write_model_card(folder, **kwargs)
-    except Exception as error:
-        logger.warning("Could not write the model card of %s: %s", folder, error)
 
 
 def _summary(base: dict[str, float], adapted: dict[str, float]) -> None:

@@ -16,6 +16,8 @@ from typing import Any
 from trainers.data import DataFormatError
 from trainers.indexing import build_index, merge_index
 
+from .parsing import flag_values
+
 
 __all__ = ["index_main"]
 
@@ -90,13 +92,7 @@ def _add_faiss_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _faiss_options(args: argparse.Namespace) -> dict[str, Any]:
-    options = {
-        "nlist": args.nlist,
-        "pq_m": args.pq_m,
-        "pq_bits": args.pq_bits,
-        "hnsw_m": args.hnsw_m,
-        "train_size": args.train_size,
-    }
+    options = flag_values(args, "nlist", "pq_m", "pq_bits", "hnsw_m", "train_size")
     options = {k: v for k, v in options.items() if v is not None}
     options["seed"] = args.seed
     if args.auto_threshold is not None:
@@ -127,26 +123,15 @@ def index_main(argv: Sequence[str], prog: str = "hf-vlp index") -> int:
 
 def _build_command(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    options = ("dataset", "split", "image_column", "text_column", "id_column", "modality", "revision", "batch_size")
+    options += ("chunk_size", "num_workers", "num_shards", "shard_index", "index_type", "device")
     result = build_index(
         args.model,
         args.output,
         args.images,
-        dataset=args.dataset,
-        split=args.split,
-        image_column=args.image_column,
-        text_column=args.text_column,
-        id_column=args.id_column,
-        modality=args.modality,
-        revision=args.revision,
-        batch_size=args.batch_size,
-        chunk_size=args.chunk_size,
-        num_workers=args.num_workers,
-        num_shards=args.num_shards,
-        shard_index=args.shard_index,
-        index_type=args.index_type,
         faiss_options=_faiss_options(args),
-        device=args.device,
         progress=not args.no_progress,
+        **flag_values(args, *options),
     )
     skipped = ", ".join(f"{reason}: {count}" for reason, count in sorted(result.skipped.items())) or "none"
     if result.finished:

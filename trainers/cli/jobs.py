@@ -1,4 +1,5 @@
-"""What the training jobs (`pretrain`, `evaluate`, `finetune`) share: parsing + set-up, the trainer, the summary."""
+"""What the training jobs (`pretrain`, `evaluate`, `finetune`) share: parsing + set-up, the trainer, the run
+(train -> save -> evaluate, with the metrics files), the model card and the summary."""
 
 from __future__ import annotations
 
@@ -20,8 +21,11 @@ __all__ = [
     "eval_name",
     "log_summary",
     "prepare_job",
+    "record_evaluation",
     "resume_value",
     "shrink_max_steps",
+    "train_save_evaluate",
+    "write_card",
 ]
 
 logger = logging.getLogger(__name__)
@@ -61,7 +65,7 @@ def prepare_job(argv: Sequence[str], prog: str, description: str, extra: Sequenc
 
 
 def build_trainer(
-    prog: str, model: Any, processor: Any, data_args: Any, training_args: Any, **trainer_kwargs: Any
+    model: Any, processor: Any, data_args: Any, training_args: Any, **trainer_kwargs: Any
 ) -> tuple[Any, Any, Any]:
     """The `VLPTrainer` of a job (train set, retrieval gallery and zero-shot set from the data flags), with
     the gallery and zero-shot set for the job's summary. `trainer_kwargs` (e.g. `peft_config`) go to the trainer."""
@@ -84,6 +88,36 @@ def build_trainer(
         **trainer_kwargs,
     )
     return trainer, gallery, zero_shot
+
+
+def record_evaluation(trainer: Any, split: str = "eval", metric_key_prefix: str = "eval") -> dict[str, float]:
+    """`trainer.evaluate()` (metrics keyed `<metric_key_prefix>_*`), logged and written to `<split>_results.json`."""
+    metrics = trainer.evaluate(metric_key_prefix=metric_key_prefix)
+    trainer.log_metrics(split, metrics)
+    trainer.save_metrics(split, metrics)
+    return metrics
+
+
+def train_save_evaluate(trainer: Any, training_args: Any, save_dir: str, evaluate: bool) -> dict[str, float]:
+    """Train (resuming from `--resume_from_checkpoint`), save the model (or adapter) to `save_dir`, write the train
+    metrics and the trainer state, then, with `evaluate`, the eval metrics, which are returned ({} without)."""
+    result = trainer.train(resume_from_checkpoint=resume_value(training_args.resume_from_checkpoint))
+    trainer.save_model(save_dir)
+    trainer.log_metrics("train", result.metrics)
+    trainer.save_metrics("train", result.metrics)
+    trainer.save_state()
+    return record_evaluation(trainer) if evaluate else {}
+
+
+def write_card(folder: str, **kwargs: Any) -> None:
+    """`hf_vlp.model_card.write_model_card`, warning instead of failing: the weights are saved by then, and a card
+    problem (e.g. a model family without a template) must not fail a finished run."""
+    from hf_vlp.model_card import write_model_card
+
+    try:
+        write_model_card(folder, **kwargs)
+    except Exception as error:
+        logger.warning("Could not write the model card of %s: %s", folder, error)
 
 
 def eval_name(data_args: Any, demo_eval: bool) -> str | None:

@@ -26,6 +26,7 @@ __all__ = [
     "RECIPES_DIR",
     "HelpFormatter",
     "default_num_workers",
+    "flag_values",
     "load_recipe",
     "organise_help",
     "parse_job_args",
@@ -33,6 +34,12 @@ __all__ = [
 ]
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+
+
+def flag_values(args: Any, *names: str) -> dict[str, Any]:
+    """The parsed values of the flags `names` (`image_column` for `--image-column`), as the keyword arguments of the
+    function they configure, whose parameters carry the flags' names."""
+    return {name: getattr(args, name) for name in names}
 
 
 def load_recipe(name_or_path: str) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .building import build_model_and_processor
-from .jobs import build_trainer, eval_name, log_summary, prepare_job, resume_value
+from .jobs import build_trainer, eval_name, log_summary, prepare_job, train_save_evaluate, write_card
 from .sources import preset_image_size, resolve_demo
 
 
@@ -29,38 +29,23 @@ def pretrain_main(argv: Sequence[str]) -> int:
     from transformers import set_seed
     from transformers.trainer import TRAINING_ARGS_NAME
 
-    from hf_vlp.model_card import write_model_card
-
     set_seed(training_args.seed)
     model, processor = build_model_and_processor(model_args, pretraining=True)
-    trainer, gallery, zero_shot = build_trainer("hf-vlp pretrain", model, processor, data_args, training_args)
-    result = trainer.train(resume_from_checkpoint=resume_value(training_args.resume_from_checkpoint))
+    trainer, gallery, zero_shot = build_trainer(model, processor, data_args, training_args)
     model_dir = os.path.join(training_args.output_dir, FINAL_MODEL_SUBDIR)
-    trainer.save_model(model_dir)
+    metrics = train_save_evaluate(trainer, training_args, model_dir, gallery is not None or zero_shot is not None)
     if trainer.is_world_process_zero():
         # `save_model` also pickles the TrainingArguments there; the Hub-ready folder holds no pickle (they live in
         # the checkpoints, where resuming reads them).
         Path(model_dir, TRAINING_ARGS_NAME).unlink(missing_ok=True)
-    trainer.log_metrics("train", result.metrics)
-    trainer.save_metrics("train", result.metrics)
-    trainer.save_state()
-    metrics = None
-    if gallery is not None or zero_shot is not None:
-        metrics = trainer.evaluate()
-        trainer.log_metrics("eval", metrics)
-        trainer.save_metrics("eval", metrics)
-    if trainer.is_world_process_zero():
         log_summary(metrics, gallery, zero_shot)
-        try:
-            write_model_card(
-                model_dir,
-                results=metrics,
-                training_args=training_args,
-                datasets=[data_args.dataset] if data_args.dataset else None,
-                eval_dataset=eval_name(data_args, demo_eval),
-            )
-        except Exception as error:  # the model is saved; a card failure must not fail a finished run
-            logger.warning("Could not write the model card: %s", error)
+        write_card(
+            model_dir,
+            results=metrics or None,
+            training_args=training_args,
+            datasets=[data_args.dataset] if data_args.dataset else None,
+            eval_dataset=eval_name(data_args, demo_eval),
+        )
         if demo_eval:
             # The Space (`hf-vlp demo`) shows the demo's eval images as its default gallery, from next to the model.
             shutil.copytree(data_args.eval_dir, os.path.join(training_args.output_dir, "eval"), dirs_exist_ok=True)

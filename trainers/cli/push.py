@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from .errors import RUNTIME, UserError
+from .parsing import flag_values
 
 
 __all__ = ["push_main", "push_space_main"]
@@ -49,15 +50,8 @@ def push_main(argv: Sequence[str]) -> int:
 
     from hf_vlp.hub import push_model_folder
 
-    return _commit_or_report(
-        push_model_folder,
-        args.folder,
-        args.repo_id,
-        private=args.private,
-        revision=args.revision,
-        commit_message=args.commit_message,
-        base_model=args.base_model,
-    )
+    options = flag_values(args, "private", "revision", "commit_message", "base_model")
+    return _commit_or_report(push_model_folder, args.folder, args.repo_id, **options)
 
 
 def _commit_or_report(push: Callable[..., Any], *args: Any, **kwargs: Any) -> int:
@@ -90,12 +84,5 @@ def push_space_main(argv: Sequence[str]) -> int:
 
     from hf_vlp.space.publish import push_space
 
-    return _commit_or_report(
-        push_space,
-        args.space,
-        model=args.model,
-        revision=args.revision,
-        folder=args.folder,
-        private=args.private,
-        commit_message=args.commit_message,
-    )
+    options = flag_values(args, "model", "revision", "folder", "private", "commit_message")
+    return _commit_or_report(push_space, args.space, **options)

@@ -21,6 +21,7 @@ __all__ = ["build_eval_sets", "build_train_dataset", "demo_data_dir", "preset_im
 
 from .checks import data_error
 from .errors import RUNTIME, UserError
+from .parsing import flag_values
 
 
 logger = logging.getLogger(__name__)
@@ -95,44 +96,25 @@ def _chinese_clip_texts(images_tsv: str) -> str:
     return texts
 
 
+_COLUMNS = ("image_column", "text_column", "id_column")
+
+
 def _read_file_records(path: str, data_args: Any, extra_columns: Sequence[str] = ()) -> list[dict]:
     from trainers.data import read_caption_file, read_chinese_clip, read_parquet
 
     if path.endswith(".tsv"):
         return read_chinese_clip(path, _chinese_clip_texts(path))
     if path.endswith(".parquet"):
-        return list(
-            read_parquet(
-                path,
-                image_column=data_args.image_column,
-                text_column=data_args.text_column,
-                id_column=data_args.id_column,
-            )
-        )
-    return list(
-        read_caption_file(
-            path,
-            image_column=data_args.image_column,
-            text_column=data_args.text_column,
-            captions_column=data_args.captions_column,
-            id_column=data_args.id_column,
-            extra_columns=extra_columns,
-        )
-    )
+        return list(read_parquet(path, **flag_values(data_args, *_COLUMNS)))
+    columns = flag_values(data_args, *_COLUMNS, "captions_column")
+    return list(read_caption_file(path, extra_columns=extra_columns, **columns))
 
 
 def _read_folder_records(folder: str, data_args: Any, extra_columns: Sequence[str] = ()) -> list[dict]:
     from trainers.data import read_image_folder
 
-    return list(
-        read_image_folder(
-            folder,
-            text_column=data_args.text_column,
-            captions_column=data_args.captions_column,
-            id_column=data_args.id_column,
-            extra_columns=extra_columns,
-        )
-    )
+    columns = flag_values(data_args, "text_column", "captions_column", "id_column")
+    return list(read_image_folder(folder, extra_columns=extra_columns, **columns))
 
 
 def _with_labels(read: Callable[..., list[dict]], source: str, data_args: Any) -> list[dict]:
@@ -163,9 +145,7 @@ def _load_hf_dataset(data_args: Any, split: str) -> Any:
 def _hf_records(dataset: Any, data_args: Any) -> Any:
     from trainers.data import read_hf_dataset
 
-    return read_hf_dataset(
-        dataset, image_column=data_args.image_column, text_column=data_args.text_column, id_column=data_args.id_column
-    )
+    return read_hf_dataset(dataset, **flag_values(data_args, *_COLUMNS))
 
 
 def _reading(read: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -214,10 +194,7 @@ def build_train_dataset(data_args: Any, seed: int = 0) -> Any:
             caption_strategy=data_args.caption_strategy,
             shuffle_buffer=data_args.shuffle_buffer,
             seed=seed,
-            image_column=data_args.image_column,
-            text_column=data_args.text_column,
-            captions_column=data_args.captions_column,
-            id_column=data_args.id_column,
+            **flag_values(data_args, *_COLUMNS, "captions_column"),
         )
     if data_args.train_dir:
         records = _reading(_read_folder_records, data_args.train_dir, data_args)

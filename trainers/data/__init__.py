@@ -32,9 +32,8 @@ from .readers import (
     read_hf_dataset,
     read_image_folder,
     read_parquet,
-    read_shard,
-    read_webdataset_tar,
 )
+from .shards import read_shard, read_webdataset_tar
 
 
 __all__ = [

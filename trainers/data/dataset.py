@@ -26,7 +26,7 @@ from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from .bad_samples import BadSampleCounter, BadSampleError, DataFormatError
 from .images import ImageRef, decode_image
-from .readers import check_shard_paths, read_shard
+from .shards import check_shard_paths, read_shard
 
 
 __all__ = [

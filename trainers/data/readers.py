@@ -1,4 +1,5 @@
-"""Readers for every supported image-text source, all yielding the same lazy record shape.
+"""Readers for every supported image-text source, all yielding the same lazy record shape (streaming shards:
+`trainers.data.shards`).
 
 A record is `{"image": <lazy ref>, "text": str | list[str], "image_id": str}` (readers may add keys, e.g.
 `text_ids`). The image stays a reference (path, bytes, `{"bytes", "path"}` dict, `TSVImageRef`) and is decoded by
@@ -16,7 +17,6 @@ import io
 import json
 import os
 import posixpath
-import tarfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -26,29 +26,23 @@ from .images import TSVImageRef
 
 
 __all__ = [
-    "SHARD_SUFFIXES",
+    "CAPTION_FILE_SUFFIXES",
     "HFDatasetRecords",
-    "check_shard_paths",
     "read_caption_file",
     "read_chinese_clip",
     "read_hf_dataset",
     "read_image_folder",
     "read_parquet",
-    "read_shard",
-    "read_webdataset_tar",
 ]
 
-_WEBDATASET_IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp")
-_CAPTION_FILE_SUFFIXES = (".jsonl", ".csv")
-_TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
-SHARD_SUFFIXES = (*_TAR_SUFFIXES, *_CAPTION_FILE_SUFFIXES, ".parquet")
+CAPTION_FILE_SUFFIXES = (".jsonl", ".csv")
 
 
 def _is_url(path: str | os.PathLike) -> bool:
     return "://" in os.fspath(path)
 
 
-def _open_binary(path: str | os.PathLike) -> contextlib.AbstractContextManager[IO[bytes]]:
+def open_binary(path: str | os.PathLike) -> contextlib.AbstractContextManager[IO[bytes]]:
     """Open a local path or an fsspec URL (`hf://`, `s3://`, `https://` ...) as a binary stream.
 
     URLs go through fsspec (a dependency of `datasets`) so that a tar shard on the Hub is read as a stream rather than
@@ -61,7 +55,8 @@ def _open_binary(path: str | os.PathLike) -> contextlib.AbstractContextManager[I
     return open(path, "rb")
 
 
-def _require_file(path: str | os.PathLike, what: str) -> None:
+def require_file(path: str | os.PathLike, what: str) -> None:
+    """Raise a `DataFormatError` naming `what` when a local `path` is not a file (URLs are checked on opening)."""
     if not _is_url(path) and not os.path.isfile(path):
         raise DataFormatError(f"{what} not found: {os.fspath(path)}")
 
@@ -128,9 +123,9 @@ def read_caption_file(
     """
     source = os.fspath(path)
     suffix = Path(source.split("?")[0]).suffix.lower()
-    if suffix not in _CAPTION_FILE_SUFFIXES:
+    if suffix not in CAPTION_FILE_SUFFIXES:
         raise DataFormatError(f"Caption file must end in .jsonl or .csv: {source}")
-    _require_file(path, "Caption file")
+    require_file(path, "Caption file")
     return _iter_caption_file(
         source, suffix, image_column, text_column, captions_column, id_column, tuple(extra_columns), counter
     )
@@ -150,7 +145,7 @@ def _iter_caption_file(
     base_dir = posixpath.dirname(source) if _is_url(source) else os.path.dirname(os.path.abspath(source))
     required = {"image_column": image_column, "text_column": text_column, "id_column": id_column}
     required.update({f"extra_columns[{index}]": column for index, column in enumerate(extra_columns)})
-    with _open_binary(source) as raw, io.TextIOWrapper(raw, encoding="utf-8-sig", newline="") as handle:
+    with open_binary(source) as raw, io.TextIOWrapper(raw, encoding="utf-8-sig", newline="") as handle:
         for row_number, row in enumerate(_iter_table_rows(handle, suffix, source, counter)):
             if row_number == 0:
                 _require_columns(list(row), required, source)
@@ -290,7 +285,7 @@ def read_parquet(
     Raises:
         DataFormatError: the file is missing or lacks a requested column.
     """
-    _require_file(path, "Parquet file")
+    require_file(path, "Parquet file")
     return _iter_parquet(os.fspath(path), image_column, text_column, id_column, batch_size)
 
 
@@ -301,7 +296,7 @@ def _iter_parquet(
 
     base_dir = posixpath.dirname(source) if _is_url(source) else os.path.dirname(os.path.abspath(source))
     name = posixpath.basename(source.split("?")[0])
-    with _open_binary(source) as handle:
+    with open_binary(source) as handle:
         parquet = pq.ParquetFile(handle)
         required = {"image_column": image_column, "text_column": text_column, "id_column": id_column}
         _require_columns(parquet.schema_arrow.names, required, source)
@@ -316,68 +311,6 @@ def _iter_parquet(
                     "image_id": str(row[id_column]) if id_column else f"{name}:{row_number}",
                 }
                 row_number += 1
-
-
-def read_webdataset_tar(
-    path: str | os.PathLike,
-    *,
-    text_column: str = "text",
-    counter: BadSampleCounter | None = None,
-) -> Iterator[dict]:
-    """Records from a webdataset-style tar shard: `key.jpg|jpeg|png|webp|bmp` next to `key.txt` and/or `key.json`.
-
-    The tar is read in stream mode (`r|*`, gzip allowed) member by member, so nothing is extracted and a remote shard
-    is never downloaded in full; members of one sample must be adjacent, as webdataset writers make them. The caption
-    comes from `key.txt`, else from the `text_column` field of `key.json`. `image_id` is `<shard name>/<key>`: keys
-    are only unique within a shard in many dumps, and merging two different pictures under one id would turn a
-    negative pair into a false positive.
-    """
-    _require_file(path, "Tar shard")
-    return _iter_webdataset_tar(os.fspath(path), text_column, counter if counter is not None else BadSampleCounter())
-
-
-def _iter_webdataset_tar(source: str, text_column: str, counter: BadSampleCounter) -> Iterator[dict]:
-    shard_name = posixpath.basename(source.split("?")[0])
-    with _open_binary(source) as raw, tarfile.open(fileobj=raw, mode="r|*") as tar:
-        key: str | None = None
-        parts: dict[str, bytes] = {}
-        for member in tar:
-            if not member.isfile():
-                continue
-            directory, basename = posixpath.split(member.name)
-            stem, dot, extension = basename.partition(".")
-            if not dot:
-                continue
-            member_key = posixpath.join(directory, stem)
-            if member_key != key:
-                if key is not None:
-                    yield _webdataset_record(shard_name, key, parts, text_column, counter)
-                key, parts = member_key, {}
-            extension = extension.lower()
-            if extension in _WEBDATASET_IMAGE_EXTENSIONS or extension in ("txt", "json"):
-                extracted = tar.extractfile(member)
-                parts[extension] = extracted.read() if extracted is not None else b""
-        if key is not None:
-            yield _webdataset_record(shard_name, key, parts, text_column, counter)
-
-
-def _webdataset_record(
-    shard_name: str, key: str, parts: dict[str, bytes], text_column: str, counter: BadSampleCounter
-) -> dict:
-    """Assemble one sample; a missing image or caption is left as None for the dataset to count and skip."""
-    image_id = f"{shard_name}/{key}"
-    image = next((parts[ext] for ext in _WEBDATASET_IMAGE_EXTENSIONS if ext in parts), None)
-    text: Any = None
-    if "txt" in parts:
-        text = parts["txt"].decode("utf-8", errors="replace")
-    elif "json" in parts:
-        try:
-            metadata = json.loads(parts["json"])
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            counter.record(image_id, "bad_record", f"invalid JSON in {key}.json: {error}")
-        else:
-            text = metadata.get(text_column) if isinstance(metadata, dict) else None
-    return {"image": image, "text": text, "image_id": image_id}
 
 
 def read_chinese_clip(
@@ -404,8 +337,8 @@ def read_chinese_clip(
     Raises:
         DataFormatError: either file is missing.
     """
-    _require_file(images_tsv, "Chinese-CLIP image TSV")
-    _require_file(texts_jsonl, "Chinese-CLIP text JSONL")
+    require_file(images_tsv, "Chinese-CLIP image TSV")
+    require_file(texts_jsonl, "Chinese-CLIP text JSONL")
     counter = counter if counter is not None else BadSampleCounter()
     tsv_path = os.path.abspath(images_tsv)
     offsets: dict[str, int] = {}
@@ -444,54 +377,3 @@ def read_chinese_clip(
         for image_id, pairs in texts.items()
         if pairs or include_unpaired_images
     ]
-
-
-def read_shard(
-    path: str | os.PathLike,
-    *,
-    image_column: str = "image",
-    text_column: str = "text",
-    captions_column: str | None = None,
-    id_column: str | None = None,
-    counter: BadSampleCounter | None = None,
-) -> Iterator[dict]:
-    """Records from one streaming shard, picking the reader by suffix: `.tar`/`.tar.gz`/`.tgz`, `.jsonl`/`.csv`,
-    `.parquet`. Column arguments apply where the format has columns (`text_column` is the JSON field for tars).
-
-    Raises:
-        DataFormatError: the suffix is none of these.
-    """
-    name = _shard_name(path)
-    if name.endswith(_TAR_SUFFIXES):
-        return read_webdataset_tar(path, text_column=text_column, counter=counter)
-    if name.endswith(_CAPTION_FILE_SUFFIXES):
-        return read_caption_file(
-            path,
-            image_column=image_column,
-            text_column=text_column,
-            captions_column=captions_column,
-            id_column=id_column,
-            counter=counter,
-        )
-    if name.endswith(".parquet"):
-        return read_parquet(path, image_column=image_column, text_column=text_column, id_column=id_column)
-    raise DataFormatError(f"Unknown shard type (expected one of {', '.join(SHARD_SUFFIXES)}): {os.fspath(path)}")
-
-
-def _shard_name(path: str | os.PathLike) -> str:
-    return os.fspath(path).split("?")[0].lower()
-
-
-def check_shard_paths(shards: Sequence[str | os.PathLike]) -> None:
-    """Fail fast on shard names `read_shard` cannot handle, before any worker starts.
-
-    Raises:
-        DataFormatError: the list is empty or a shard has an unknown suffix.
-    """
-    if not shards:
-        raise DataFormatError("No shards given")
-    for shard in shards:
-        if not _shard_name(shard).endswith(SHARD_SUFFIXES):
-            raise DataFormatError(
-                f"Unknown shard type (expected one of {', '.join(SHARD_SUFFIXES)}): {os.fspath(shard)}"
-            )
