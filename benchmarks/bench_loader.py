@@ -81,7 +81,7 @@ def run_variant(variant: str, pretrain_argv: list[str]) -> dict[str, Any]:
     model_args, data_args, training_args, _ = prepare_job(pretrain_argv, "bench_loader", __doc__)
     set_seed(training_args.seed)
     model, processor = build_model_and_processor(model_args, pretraining=True)
-    trainer, _, _ = build_trainer("bench_loader", model, processor, data_args, training_args)
+    trainer, _, _ = build_trainer(model, processor, data_args, training_args)
     if variant == "pretrain":
         result = trainer.train()
         return {"steps": result.global_step, "seconds": result.metrics["train_runtime"]}
