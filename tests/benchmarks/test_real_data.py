@@ -97,3 +97,15 @@ def test_bench_quality_smoke(real_data, tmp_path):
         row = report["rows"][name]
         assert 0 <= row["metrics"]["eval_mean_recall"] <= 100 and row["seconds_per_epoch"] > 0
     assert report["data"]["eval_images"] == real_data.stats["eval_images"]
+
+
+@pytest.mark.slow
+def test_bench_loader_smoke(real_data, tmp_path):
+    """The loader benchmark end to end at toy size: both variants built by the CLI's code in fresh processes, timed,
+    and the ratio reported (numbers at this size mean nothing)."""
+    from benchmarks import bench_loader
+
+    report = bench_loader.main(["--smoke", "--workdir", str(tmp_path / "work"), "--output", str(tmp_path / "l.json")])
+    assert report == json.loads((tmp_path / "l.json").read_text())
+    assert all(len(times) == 1 and times[0] > 0 for times in report["seconds_per_step"].values())
+    assert report["ratio_pretrain_to_cached"] == report["ratios"][0] > 0

@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 
 from tests.trainers.helpers import small_model
+from tests.utils.gradients import max_relative_error, parameter_grads
 
 
 IMAGE_IDS = torch.tensor([0, 1, 2, 3, 0, 4, 1, 5])  # pairs 0/4 and 1/6 share a picture across the two ranks
@@ -36,14 +37,7 @@ def loss_and_grads(model, inputs) -> tuple[torch.Tensor, dict[str, torch.Tensor]
     model.zero_grad()
     loss = model(**inputs, return_loss=True).loss
     loss.backward()
-    return loss.detach(), {name: p.grad.detach().clone() for name, p in model.named_parameters() if p.grad is not None}
-
-
-def max_relative_error(actual: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> float:
-    if actual.keys() != expected.keys():
-        return float("inf")
-    floor = 1e-3 * max(float(v.abs().max()) for v in expected.values())
-    return max(float((actual[k] - v).abs().max()) / max(float(v.abs().max()), floor) for k, v in expected.items())
+    return loss.detach(), parameter_grads(model)
 
 
 def main(output_dir: Path) -> None:
