@@ -352,7 +352,7 @@ def test_gather_for_eval_identity_without_distributed():
 # Run in fresh interpreters that load the retrieval core by file path: it is shipped model code, so it must need
 # nothing but torch and transformers (no package, no relative import).
 _GATHER_SCRIPT = """
-import importlib.util, json, sys
+import importlib.util, json, os, sys
 import torch, torch.distributed as dist
 spec = importlib.util.spec_from_file_location("retrieval_core", sys.argv[1])
 core = importlib.util.module_from_spec(spec)
@@ -367,6 +367,10 @@ gathered = core.gather_varlen(leaf, with_grad=True)
 gathered.sum().backward()
 print(json.dumps({"plain": plain.tolist(), "same": torch.equal(gathered.detach(), plain), "grad": leaf.grad.tolist()}))
 dist.destroy_process_group()
+# gloo's background threads can abort the interpreter's own shutdown ("terminate called without an active
+# exception", seen under load); the results are printed, so leave without it
+sys.stdout.flush()
+os._exit(0)
 """
 
 
