@@ -34,7 +34,7 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.bench_quality import model_config
+from benchmarks.bench_quality import _pretrain_command, model_config
 from benchmarks.common import BENCH_DATE, REPO_ROOT, RESULTS_DIR, fmt_ratio, machine_info, print_table, write_report
 from benchmarks.real_data import build_real_data
 
@@ -42,34 +42,9 @@ from benchmarks.real_data import build_real_data
 VARIANTS = ("pretrain", "trainer_cached", "cached")
 
 
-def pretrain_arguments(args, config_path: Path, train_dir: Path, output_dir: Path) -> list[str]:
-    """The `hf-vlp pretrain` command line both variants are built from (the CLI's defaults otherwise)."""
-    return [
-        "--model-config",
-        str(config_path),
-        "--train-dir",
-        str(train_dir),
-        "--num_train_epochs",
-        str(args.epochs),
-        "--per_device_train_batch_size",
-        str(args.batch),
-        "--learning_rate",
-        str(args.lr),
-        "--max-length",
-        str(args.max_length),
-        "--seed",
-        str(args.seed),
-        "--output_dir",
-        str(output_dir),
-        "--report_to",
-        "none",
-        "--save_strategy",
-        "no",
-        "--disable_tqdm",
-        "true",
-        "--torch-threads",
-        str(args.threads),
-    ]
+def pretrain_arguments(args, config_path: Path, data, output_dir: Path) -> list[str]:
+    """The `hf-vlp pretrain` arguments all variants are built from: bench_quality's, without the progress bar."""
+    return _pretrain_command(args, config_path, data, output_dir, args.epochs)[1:] + ["--disable_tqdm", "true"]
 
 
 def _as_is(batch: dict[str, Any]) -> dict[str, Any]:
@@ -135,7 +110,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--width", type=int, default=96)
     parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads of the training process")
+    parser.add_argument("--wd", type=float, default=0.05)
+    parser.add_argument("--max-train-samples", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--smoke", action="store_true", help="seconds-long run for CI; numbers mean nothing")
     parser.add_argument("--deb", default=None, help="a downloaded tuxpaint-stamps-default .deb")
@@ -162,7 +138,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         order = VARIANTS if round_index % 2 == 0 else tuple(reversed(VARIANTS))
         for variant in order:
             output = workdir / f"{variant}_{round_index}"
-            pretrain_argv = pretrain_arguments(args, config_path, data.train_dir, output)
+            pretrain_argv = pretrain_arguments(args, config_path, data, output)
             result = _child(variant, pretrain_argv, workdir / f"{variant}_{round_index}.log")
             seconds_per_step[variant].append(result["seconds"] / result["steps"])
             print(f"round {round_index} {variant}: {seconds_per_step[variant][-1]:.3f} s/step", flush=True)
@@ -189,7 +165,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     print_table(
         f"Step time on the real benchmark ({args.rounds} interleaved rounds of {args.epochs} epochs, batch {args.batch}, "
-        f"towers {args.layers} x {args.width}, {args.image_size} px, {args.threads} torch thread(s))",
+        f"towers {args.layers} x {args.width}, {args.image_size} px, 1 torch thread)",
         ["variant", "s/step (median)", "pretrain / variant (median of rounds)"],
         [
             [labels[name], f"{statistics.median(seconds_per_step[name]):.3f}", fmt_ratio(ratio_to(name)["median"])]
