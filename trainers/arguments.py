@@ -180,6 +180,9 @@ class VLPTrainingArguments(TrainingArguments):
     )
 
     def __post_init__(self):
+        if self.dataloader_num_workers == 0:
+            # persistent workers need workers; `--dataloader_num_workers 0` must not fail on the CLI's default
+            self.dataloader_persistent_workers = False
         super().__post_init__()
         if self.grad_cache_chunk_size < 0:
             raise ValueError(f"grad_cache_chunk_size must be >= 0 (0 disables), got {self.grad_cache_chunk_size}")

@@ -29,10 +29,12 @@ def test_default_text_length_is_capped_at_the_towers_positions():
         check_max_length(short, 64)
 
 
-def test_dataloader_workers_default_from_the_cpu_count(tmp_path):
+def test_dataloader_workers_default_from_the_cpu_count_and_persist(tmp_path):
     _, _, training_args, _ = cli.parse_job_args(["--output_dir", str(tmp_path)], "hf-vlp test", "test")
     assert training_args.dataloader_num_workers == default_num_workers() >= 1
+    assert training_args.dataloader_persistent_workers
     _, _, training_args, _ = cli.parse_job_args(
         ["--output_dir", str(tmp_path), "--dataloader_num_workers", "0"], "hf-vlp test", "test"
     )
     assert training_args.dataloader_num_workers == 0
+    assert not training_args.dataloader_persistent_workers  # a DataLoader without workers refuses to persist them

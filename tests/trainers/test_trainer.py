@@ -1,5 +1,6 @@
 """VLPTrainer's training loop: loss scaling under gradient accumulation, per-term logging, momentum updates once
-per optimizer step, LiT freezing, skipped bad samples, and the collator's image ids reaching the loss."""
+per optimizer step, LiT freezing, skipped bad samples, the collator's image ids reaching the loss, and the per-epoch
+caption draw reaching persistent DataLoader workers."""
 
 from __future__ import annotations
 
@@ -117,6 +118,36 @@ def test_collator_image_hash_reaches_the_model_as_image_ids(tmp_path, small_proc
             assert ids[0] == ids[1] and len(set(ids)) == 3
         else:
             assert "image_ids" not in seen
+
+
+def test_persistent_workers_draw_each_epochs_captions(tmp_path, small_processor):
+    """The CLI keeps DataLoader workers across epochs; the captions they feed must still change per epoch, exactly
+    as when the main process decodes (no workers)."""
+
+    def texts_per_step(num_workers: int) -> list[list[int]]:
+        model = small_model()
+        seen = []
+        model.register_forward_pre_hook(
+            lambda module, args, kwargs: seen.append(kwargs["input_ids"][:, :6].tolist()), with_kwargs=True
+        )
+        VLPTrainer(
+            model=model,
+            args=training_args(
+                tmp_path / str(num_workers),
+                max_steps=-1,
+                num_train_epochs=3,
+                dataloader_num_workers=num_workers,
+                dataloader_persistent_workers=True,
+            ),
+            train_dataset=ImageTextDataset(demo_records(8, image_size=32)),
+            processing_class=small_processor,
+        ).train()
+        return seen
+
+    in_process, persistent = texts_per_step(0), texts_per_step(1)
+    assert persistent == in_process and len(persistent) == 6
+    epochs = [sorted(map(tuple, persistent[i] + persistent[i + 1])) for i in (0, 2, 4)]
+    assert epochs[0] != epochs[1] != epochs[2]
 
 
 def test_fusion_pretraining_logs_every_objective_and_ramps_distillation(tmp_path):

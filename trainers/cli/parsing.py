@@ -81,8 +81,9 @@ def parse_job_args(argv: Sequence[str], prog: str, description: str, extra: Sequ
     classes = (ModelArguments, DataArguments, VLPTrainingArguments, JobArguments, *extra)
     parser = HfArgumentParser(classes, prog=prog, description=description, formatter_class=HelpFormatter)
     # Decode images outside the training process by default: decoding in it puts image decoding and resizing on the
-    # step's critical path (the stock default, 0 workers).
-    parser.set_defaults(dataloader_num_workers=default_num_workers())
+    # step's critical path (the stock default, 0 workers). Workers persist across epochs, so that an epoch does not
+    # start by forking them again (the datasets' epoch is shared with them, see `trainers.data.dataset.SharedEpoch`).
+    parser.set_defaults(dataloader_num_workers=default_num_workers(), dataloader_persistent_workers=True)
     pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     pre.add_argument("--recipe")
     pre.add_argument("--help-all", action="store_true")

@@ -59,6 +59,40 @@ def _check_strategy(strategy: str) -> None:
         raise ValueError(f"caption_strategy must be one of {_CAPTION_STRATEGIES}, got {strategy!r}")
 
 
+class SharedEpoch:
+    """The epoch number in shared memory, so that DataLoader workers see `set_epoch` without being restarted.
+
+    A worker holds its own copy of the dataset; a plain `int` set in the main process after the workers started
+    never reaches it, so with `persistent_workers=True` every epoch would replay epoch 0's caption draw and shard
+    order. A one-element shared-memory tensor is inherited by forked workers and passed by handle to spawned ones,
+    so one write in the main process is read by all of them. The Trainer sets the epoch before it starts iterating,
+    and workers only prefetch once iteration starts, so no item of an epoch is drawn with the previous one.
+    """
+
+    def __init__(self, epoch: int = 0) -> None:
+        self._value = torch.tensor([epoch], dtype=torch.int64).share_memory_()
+
+    def get(self) -> int:
+        return int(self._value[0])
+
+    def set(self, epoch: int) -> None:
+        self._value[0] = epoch
+
+
+class _EpochMixin:
+    """`epoch` / `set_epoch` over a `SharedEpoch` (see there for why it is shared)."""
+
+    _shared_epoch: SharedEpoch
+
+    @property
+    def epoch(self) -> int:
+        return self._shared_epoch.get()
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch for the per-epoch draws; reaches DataLoader workers that persist across epochs."""
+        self._shared_epoch.set(epoch)
+
+
 def _sample_caption(captions: list[str], seed: int, epoch: int, key: object) -> str:
     """One caption, chosen from (seed, epoch, key) alone so the choice does not depend on order or worker."""
     if len(captions) == 1:
@@ -75,7 +109,7 @@ def _decode_item(image_ref: ImageRef, text: str, image_id: str, counter: BadSamp
     return {"image": image, "text": text, "image_id": image_id}
 
 
-class ImageTextDataset(Dataset):
+class ImageTextDataset(_EpochMixin, Dataset):
     """Map-style dataset of decoded `{"image": PIL RGB, "text": str, "image_id": str}` items.
 
     Args:
@@ -103,7 +137,7 @@ class ImageTextDataset(Dataset):
         self.records = records if isinstance(records, Sequence) else list(records)
         self.caption_strategy = caption_strategy
         self.seed = seed
-        self.epoch = 0
+        self._shared_epoch = SharedEpoch()
         self.bad_samples = counter if counter is not None else BadSampleCounter()
         # "explode" needs the caption count of every record up front; a record without captions keeps one slot so
         # that it is still reported as bad when its turn comes.
@@ -116,10 +150,6 @@ class ImageTextDataset(Dataset):
             if caption_strategy == "explode"
             else None
         )
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose caption draw `"sample"` uses."""
-        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self._pairs) if self._pairs is not None else len(self.records)
@@ -166,7 +196,7 @@ def _shuffle_buffer(items: Iterable[dict], size: int, rng: random.Random) -> Ite
     yield from buffer
 
 
-class StreamingImageTextDataset(IterableDataset):
+class StreamingImageTextDataset(_EpochMixin, IterableDataset):
     """Iterable dataset over shard files (tar, JSONL/CSV, parquet; local paths or fsspec URLs).
 
     Each consumer (node rank x DataLoader worker) gets whole shards, `shards[consumer::num_consumers]`, when there are
@@ -219,13 +249,8 @@ class StreamingImageTextDataset(IterableDataset):
             "captions_column": captions_column,
             "id_column": id_column,
         }
-        self.epoch = 0
+        self._shared_epoch = SharedEpoch()
         self.bad_samples = BadSampleCounter()
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch for shard order, shuffle buffer and caption draw (call before iterating; workers that
-        persist across epochs keep the epoch they were started with)."""
-        self.epoch = epoch
 
     def _consumer(self) -> tuple[int, int]:
         rank, world_size = _node_rank_and_world_size() if self.split_by_node else (0, 1)

@@ -48,6 +48,43 @@ def test_caption_strategies():
         ImageTextDataset(records, caption_strategy="all")
 
 
+@pytest.mark.parametrize("context", ["fork", "spawn"])
+def test_persistent_workers_see_set_epoch(context):
+    """Workers kept alive across epochs read the epoch the main process sets (shared memory), so the caption draw of
+    epoch 1 in a persistent worker is the draw an in-process dataset makes at epoch 1, not a replay of epoch 0."""
+    records = multi_caption_records(8)
+    dataset = ImageTextDataset(records, seed=3)
+    loader = DataLoader(
+        dataset,
+        batch_size=None,
+        num_workers=1,
+        persistent_workers=True,
+        multiprocessing_context=context,
+    )
+    seen, expected = [], []
+    for epoch in range(3):  # set_epoch before each pass, as the Trainer does
+        dataset.set_epoch(epoch)
+        seen.append([item["text"] for item in loader])
+        fresh = ImageTextDataset(records, seed=3)
+        fresh.set_epoch(epoch)
+        expected.append(texts_of(fresh))
+    assert seen == expected
+    assert seen[0] != seen[1] != seen[2]
+    assert dataset.epoch == 2
+
+
+def test_persistent_workers_see_set_epoch_streaming(tmp_path):
+    shards, _ = write_shards(tmp_path, "many")
+    dataset = streaming(shards, shuffle_buffer=8)
+    loader = DataLoader(dataset, batch_size=None, num_workers=1, persistent_workers=True)
+    epoch0 = [item["image_id"] for item in loader]
+    dataset.set_epoch(1)
+    epoch1 = [item["image_id"] for item in loader]
+    reference = streaming(shards, shuffle_buffer=8)
+    reference.set_epoch(1)
+    assert epoch1 == [item["image_id"] for item in reference] != epoch0
+
+
 def test_map_style_returns_none_for_bad_samples_and_the_loader_reports_them(processor):
     records = [{"image": s["bytes"], "text": s["text"], "image_id": s["id"]} for s in make_samples()]
     dataset = ImageTextDataset(iter(records))  # any iterable is read into a list
