@@ -321,7 +321,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--timing", default=None, help="rows whose seconds per epoch are compared with ours in interleaved runs"
     )
-    parser.add_argument("--timing-epochs", type=int, default=2)
+    parser.add_argument(
+        "--timing-epochs",
+        type=int,
+        default=None,
+        help="epochs per timed run (default: --epochs, the budget; a run's fixed start-up cost weighs on short runs)",
+    )
     parser.add_argument("--timing-rounds", type=int, default=2)
     parser.add_argument("--skip-reference", action="store_true")
     parser.add_argument(
@@ -342,6 +347,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.smoke:
         args.epochs, args.max_train_samples, args.ablations = 1, 64, "none"
         args.batch, args.width, args.layers, args.image_size = 32, 32, 1, 32
+    args.timing_epochs = args.timing_epochs or args.epochs
 
     data = build_real_data(deb=args.deb)
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="bench_quality-")).resolve()
