@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 
 if TYPE_CHECKING:
-    from .arguments import DataArguments, JobArguments, ModelArguments, VLPTrainingArguments
+    from .arguments import DataArguments, JobArguments, ModelArguments, OptionConflictError, VLPTrainingArguments
     from .callbacks import DatasetEpochCallback, GritRefreshCallback, MomentumUpdateCallback
     from .cli.finetune import FinetuneArguments, build_peft_config
     from .evaluation import (
@@ -33,6 +33,7 @@ _LOCATIONS = {
     "DataArguments": "arguments",
     "JobArguments": "arguments",
     "ModelArguments": "arguments",
+    "OptionConflictError": "arguments",
     "VLPTrainingArguments": "arguments",
     "DatasetEpochCallback": "callbacks",
     "GritRefreshCallback": "callbacks",

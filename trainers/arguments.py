@@ -23,9 +23,15 @@ __all__ = [
     "DataArguments",
     "JobArguments",
     "ModelArguments",
+    "OptionConflictError",
     "VLPTrainingArguments",
     "parse_rerank_combine",
 ]
+
+
+class OptionConflictError(ValueError):
+    """Training options that cannot go together with each other, the model or the data (e.g. DiDE distillation with
+    patch dropout); raised before the first step, and shown by the CLI as one line."""
 
 
 @dataclass

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .arguments import VLPTrainingArguments
+from .arguments import OptionConflictError, VLPTrainingArguments
 from .callbacks import base_model_of
 
 
@@ -31,17 +31,21 @@ def load_distill_teacher(model: nn.Module, args: VLPTrainingArguments) -> nn.Mod
 
     student = base_model_of(model)
     if not isinstance(student, DualEncoderModel):
-        raise ValueError(f"distill_teacher trains a dual-encoder student; the model is {type(student).__name__}")
+        raise OptionConflictError(
+            f"distill_teacher trains a dual-encoder student; the model is {type(student).__name__}"
+        )
     if args.grad_cache_chunk_size:
-        raise ValueError("distill_teacher cannot be combined with grad_cache_chunk_size (the teacher needs pairs)")
+        raise OptionConflictError(
+            "distill_teacher cannot be combined with grad_cache_chunk_size (the teacher needs pairs)"
+        )
     if student.config.vision_patch_dropout:
-        raise ValueError(
+        raise OptionConflictError(
             "distill_teacher matches the teacher's attention over every image token: train the student with "
             "vision_patch_dropout=0"
         )
     teacher = load_distillation_teacher(args.distill_teacher, args.device)
     if teacher.config.text_config.vocab_size != student.config.text_config.vocab_size:
-        raise ValueError(
+        raise OptionConflictError(
             f"distill_teacher {args.distill_teacher} has a {teacher.config.text_config.vocab_size}-token "
             f"vocabulary and the student {student.config.text_config.vocab_size}: both must share the tokenizer"
         )

@@ -42,7 +42,7 @@ from transformers.trainer_utils import get_last_checkpoint, has_length, speed_me
 from hf_vlp.models.processing_vlp import DEFAULT_MAX_LENGTH
 from trainers.data import EvalGallery, ImageTextCollator
 
-from .arguments import VLPTrainingArguments, parse_rerank_combine
+from .arguments import OptionConflictError, VLPTrainingArguments, parse_rerank_combine
 from .batches import distill_alpha, empty_batch_loss, model_inputs
 from .callbacks import DatasetEpochCallback, GritRefreshCallback, MomentumUpdateCallback, unwrap_model
 from .distillation import add_distillation, load_distill_teacher
@@ -303,7 +303,9 @@ class VLPTrainer(Trainer):
     def _grit(self, train_dataset: Dataset | None = None) -> GritSampler:
         dataset = train_dataset if train_dataset is not None else self.train_dataset
         if dataset is None or not has_length(dataset):
-            raise ValueError("grit_sampling needs a map-style training dataset (with a length)")
+            raise OptionConflictError(
+                "grit_sampling needs a map-style training dataset (with a length): not --train-shards / streaming"
+            )
         if self._grit_sampler is None or self._grit_sampler.num_samples != len(dataset):
             seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
             self._grit_sampler = GritSampler(len(dataset), self.args.per_device_train_batch_size, seed=seed)

@@ -95,6 +95,42 @@ def mistakes(tmp_path_factory, busy_port):
         ),
         "port_in_use": (["demo", "--port", str(busy_port)], {}),
         "max_length_too_long": (["pretrain", "--preset", "tiny", "--train-dir", good, "--max-length", "1000"], {}),
+        "config_overrides_not_json": (
+            ["pretrain", "--preset", "tiny", "--train-dir", good, "--config-overrides", "{vision_patch_dropout: 0.5}"],
+            {},
+        ),
+        "config_override_out_of_range": (
+            [
+                "pretrain",
+                "--preset",
+                "tiny",
+                "--train-dir",
+                good,
+                "--config-overrides",
+                '{"vision_patch_dropout": 1.5}',
+            ],
+            {},
+        ),
+        "inconsistent_training_flags": (
+            ["pretrain", "--preset", "tiny", "--train-dir", good, "--grit_refresh_epochs", "0"],
+            {},
+        ),
+        "distill_with_patch_dropout": (
+            [
+                "pretrain",
+                "--preset",
+                "tiny",
+                "--train-dir",
+                good,
+                "--config-overrides",
+                '{"vision_patch_dropout": 0.5}',
+                "--distill-teacher",
+                good,
+                "--output_dir",
+                str(root / "distill"),
+            ],
+            {},
+        ),
         "debug_shows_traceback": (
             ["pretrain", "--preset", "tiny", "--train-dir", str(root / "nonexistent"), "--debug"],
             {},
@@ -133,6 +169,14 @@ def mistakes(tmp_path_factory, busy_port):
         ("resume_without_checkpoint", RUNTIME, "--resume_from_checkpoint latest: no checkpoint-\\* folder"),
         ("port_in_use", RUNTIME, "cannot serve on 127.0.0.1:[0-9]+ .*in use.*--port"),
         ("max_length_too_long", USAGE, "--max-length 1000 is longer than the text tower's 64 positions"),
+        ("config_overrides_not_json", USAGE, "--config-overrides .* is not JSON .*double quotes"),
+        (
+            "config_override_out_of_range",
+            USAGE,
+            r"invalid model config \(--preset tiny with --config-overrides .*\): vision_patch_dropout must be in",
+        ),
+        ("inconsistent_training_flags", USAGE, "invalid arguments: grit_refresh_epochs must be >= 1"),
+        ("distill_with_patch_dropout", RUNTIME, "train the student with vision_patch_dropout=0"),
     ],
 )
 def test_a_mistake_is_one_line_naming_the_fix(mistakes, case, status, expected):

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +21,36 @@ from .text_length import default_text_length, text_positions
 logger = logging.getLogger(__name__)
 
 
+_OVERRIDES_EXAMPLE = """--config-overrides '{"vision_patch_dropout": 0.5}'"""
+
+
 def _config_overrides(model_args: Any) -> dict[str, Any]:
     if not model_args.config_overrides:
         return {}
-    overrides = json.loads(model_args.config_overrides)
+    try:
+        overrides = json.loads(model_args.config_overrides)
+    except json.JSONDecodeError as error:
+        raise UserError(
+            f"--config-overrides {model_args.config_overrides!r} is not JSON ({error.msg}); quote it whole, with "
+            f"double quotes around keys and strings: {_OVERRIDES_EXAMPLE}",
+            USAGE,
+        ) from error
     if not isinstance(overrides, dict):
-        raise UserError("--config-overrides must be a JSON object", USAGE)
+        raise UserError(f"--config-overrides must be a JSON object, e.g. {_OVERRIDES_EXAMPLE}", USAGE)
     return overrides
+
+
+@contextlib.contextmanager
+def _config_errors(source: str, overrides: dict[str, Any]) -> Iterator[None]:
+    """A config's own validation (`ValueError`, e.g. a rate out of range) as one line naming where the values came
+    from: the model source and, if any, `--config-overrides`."""
+    try:
+        yield
+    except ValueError as error:
+        origin = (
+            f"{source} with --config-overrides {json.dumps(overrides, ensure_ascii=False)}" if overrides else source
+        )
+        raise UserError(f"invalid model config ({origin}): {error}", USAGE) from error
 
 
 def _processor_for_config(
@@ -99,7 +124,8 @@ def build_model_and_processor(model_args: Any, pretraining: bool = False) -> tup
     if model_args.model:
         logger.info("Loading model %s", model_args.model)
         remote = {"trust_remote_code": model_args.trust_remote_code, **hub}
-        config = _load_model_config(model_args.model, remote, overrides)
+        with _config_errors(f"--model {model_args.model}", overrides):
+            config = _load_model_config(model_args.model, remote, overrides)
         model = _model_class(config, pretraining).from_pretrained(model_args.model, config=config, **remote)
         if model_args.tokenizer:
             processor = _processor_for_config(model.config, load_tokenizer(model_args.tokenizer, **hub), None)
@@ -112,7 +138,8 @@ def build_model_and_processor(model_args: Any, pretraining: bool = False) -> tup
         path = path / "config.json" if path.is_dir() else path
         values = {**json.loads(path.read_text(encoding="utf-8")), **overrides}
         values.pop("auto_map", None)
-        config = AutoConfig.for_model(values.pop("model_type"), **values)
+        with _config_errors(f"--model-config {model_args.model_config}", overrides):
+            config = AutoConfig.for_model(values.pop("model_type"), **values)
         model = _model_class(config, pretraining).from_config(config)
         tokenizer = load_tokenizer(model_args.tokenizer or "builtin-chinese", **hub)
         processor = _processor_for_config(config, tokenizer, None)
@@ -125,7 +152,8 @@ def build_model_and_processor(model_args: Any, pretraining: bool = False) -> tup
         tokenizer = load_tokenizer(model_args.tokenizer or model_args.text_model, **hub)
         processor = _processor_for_config(model.config, tokenizer, None, vision_source=model_args.vision_model)
     elif model_args.preset:
-        config = config_for_preset(model_args.preset, **overrides)
+        with _config_errors(f"--preset {model_args.preset}", overrides):
+            config = config_for_preset(model_args.preset, **overrides)
         model = _model_class(config, pretraining).from_config(config)
         processor = processor_for_preset(model_args.preset, tokenizer=model_args.tokenizer)
     else:

@@ -47,11 +47,12 @@ class UserError(Exception):
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """Typed errors of the layers below the CLI that already name the bad input (imported lazily: `--help` stays
-    fast): malformed data sources, unreadable images, refused Hub pushes."""
+    fast): malformed data sources, unreadable images, refused Hub pushes, conflicting training options."""
     from hf_vlp import HubPushError, InvalidImageError
+    from trainers.arguments import OptionConflictError
     from trainers.data import DataFormatError
 
-    return (UserError, DataFormatError, InvalidImageError, HubPushError)
+    return (UserError, DataFormatError, InvalidImageError, HubPushError, OptionConflictError)
 
 
 def debug_enabled() -> bool:

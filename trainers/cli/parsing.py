@@ -104,7 +104,11 @@ def parse_job_args(argv: Sequence[str], prog: str, description: str, extra: Sequ
                 for key, value in recipe.items()
             }
         )
-    return parser.parse_args_into_dataclasses(args=list(argv), look_for_args_file=False)
+    try:
+        return parser.parse_args_into_dataclasses(args=list(argv), look_for_args_file=False)
+    except ValueError as error:
+        # the arguments' own consistency checks (`__post_init__`, ours and TrainingArguments'): a flag mistake
+        raise UserError(f"invalid arguments: {error}", USAGE) from error
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
