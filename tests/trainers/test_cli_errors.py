@@ -35,6 +35,11 @@ def _folder(root: Path, name: str, rows: list[dict] | None, images: tuple[str, .
     return str(folder)
 
 
+def _json_file(root: Path, name: str, values: dict) -> str:
+    (root / name).write_text(json.dumps(values), encoding="utf-8")
+    return str(root / name)
+
+
 @pytest.fixture(scope="module")
 def busy_port():
     with socket.socket() as server:
@@ -95,6 +100,17 @@ def mistakes(tmp_path_factory, busy_port):
         ),
         "port_in_use": (["demo", "--port", str(busy_port)], {}),
         "max_length_too_long": (["pretrain", "--preset", "tiny", "--train-dir", good, "--max-length", "1000"], {}),
+        "model_config_without_type": (
+            [
+                "pretrain",
+                "--model-config",
+                _json_file(root, "notype.json", {"projection_dim": 8}),
+                "--train-dir",
+                good,
+            ],
+            {},
+        ),
+        "model_config_missing": (["pretrain", "--model-config", str(root / "nope.json"), "--train-dir", good], {}),
         "config_overrides_not_json": (
             ["pretrain", "--preset", "tiny", "--train-dir", good, "--config-overrides", "{vision_patch_dropout: 0.5}"],
             {},
@@ -169,6 +185,8 @@ def mistakes(tmp_path_factory, busy_port):
         ("resume_without_checkpoint", RUNTIME, "--resume_from_checkpoint latest: no checkpoint-\\* folder"),
         ("port_in_use", RUNTIME, "cannot serve on 127.0.0.1:[0-9]+ .*in use.*--port"),
         ("max_length_too_long", USAGE, "--max-length 1000 is longer than the text tower's 64 positions"),
+        ("model_config_without_type", USAGE, '--model-config .*notype.json: no "model_type" key'),
+        ("model_config_missing", RUNTIME, "--model-config .*nope.json: no such file"),
         ("config_overrides_not_json", USAGE, "--config-overrides .* is not JSON .*double quotes"),
         (
             "config_override_out_of_range",

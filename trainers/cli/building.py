@@ -40,6 +40,25 @@ def _config_overrides(model_args: Any) -> dict[str, Any]:
     return overrides
 
 
+def _read_model_config(model_config: str) -> dict[str, Any]:
+    """The values of `--model-config` (a config.json, or a folder holding one), or a one-line `UserError`."""
+    path = Path(model_config)
+    path = path / "config.json" if path.is_dir() else path
+    try:
+        values = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as error:
+        raise UserError(f"--model-config {model_config}: no such file", RUNTIME) from error
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise UserError(f"--model-config {model_config}: not a readable JSON config ({error})", RUNTIME) from error
+    if not isinstance(values, dict) or "model_type" not in values:
+        raise UserError(
+            f'--model-config {model_config}: no "model_type" key (e.g. "hf_vlp_dual_encoder" or '
+            '"hf_vlp_fusion_encoder", with "text_config" and "vision_config")',
+            USAGE,
+        )
+    return values
+
+
 @contextlib.contextmanager
 def _config_errors(source: str, overrides: dict[str, Any]) -> Iterator[None]:
     """A config's own validation (`ValueError`, e.g. a rate out of range) as one line naming where the values came
@@ -134,9 +153,7 @@ def build_model_and_processor(model_args: Any, pretraining: bool = False) -> tup
                 model_args.model, trust_remote_code=model_args.trust_remote_code, **hub
             )
     elif model_args.model_config:
-        path = Path(model_args.model_config)
-        path = path / "config.json" if path.is_dir() else path
-        values = {**json.loads(path.read_text(encoding="utf-8")), **overrides}
+        values = {**_read_model_config(model_args.model_config), **overrides}
         values.pop("auto_map", None)
         with _config_errors(f"--model-config {model_args.model_config}", overrides):
             config = AutoConfig.for_model(values.pop("model_type"), **values)
