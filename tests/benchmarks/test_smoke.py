@@ -98,6 +98,13 @@ def test_search_smoke(tmp_path):
 # ---------------------------------------------------------------------------------------------------- helpers
 
 
+def test_patch_dropout_breakdown_smoke(tmp_path):
+    report = _run("bench_patch_dropout", tmp_path)
+    parts = ("step", "vision", "text", "optimizer")
+    assert set(report["ratio_dropout_over_full"]) == set(parts)
+    assert all(_finite_positive(report["seconds"][f"{part}@{rate}"]) for part in parts for rate in (0.0, 0.5))
+
+
 def test_interleaved_rates_alternates_order_and_pairs_rounds():
     from benchmarks.common import interleaved_rates
 
