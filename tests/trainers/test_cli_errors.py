@@ -53,6 +53,7 @@ def mistakes(tmp_path_factory, busy_port):
     """`run(case) -> (exit status, stderr)`: one `hf-vlp` run per mistake, in a fresh process as a user runs it."""
     root = tmp_path_factory.mktemp("mistakes")
     good = _folder(root, "good", [{"file_name": "a.png", "text": CAPTION}], ("a.png",))
+    tiny = ["pretrain", "--preset", "tiny", "--train-dir", good]
     cases = {
         "missing_train_dir": (["pretrain", "--preset", "tiny", "--train-dir", str(root / "nonexistent")], {}),
         "caption_column": (
@@ -111,40 +112,12 @@ def mistakes(tmp_path_factory, busy_port):
             {},
         ),
         "model_config_missing": (["pretrain", "--model-config", str(root / "nope.json"), "--train-dir", good], {}),
-        "config_overrides_not_json": (
-            ["pretrain", "--preset", "tiny", "--train-dir", good, "--config-overrides", "{vision_patch_dropout: 0.5}"],
-            {},
-        ),
-        "config_override_out_of_range": (
-            [
-                "pretrain",
-                "--preset",
-                "tiny",
-                "--train-dir",
-                good,
-                "--config-overrides",
-                '{"vision_patch_dropout": 1.5}',
-            ],
-            {},
-        ),
-        "inconsistent_training_flags": (
-            ["pretrain", "--preset", "tiny", "--train-dir", good, "--grit_refresh_epochs", "0"],
-            {},
-        ),
+        "config_overrides_not_json": ([*tiny, "--config-overrides", "{vision_patch_dropout: 0.5}"], {}),
+        "config_override_out_of_range": ([*tiny, "--config-overrides", '{"vision_patch_dropout": 1.5}'], {}),
+        "inconsistent_training_flags": ([*tiny, "--grit_refresh_epochs", "0"], {}),
         "distill_with_patch_dropout": (
-            [
-                "pretrain",
-                "--preset",
-                "tiny",
-                "--train-dir",
-                good,
-                "--config-overrides",
-                '{"vision_patch_dropout": 0.5}',
-                "--distill-teacher",
-                good,
-                "--output_dir",
-                str(root / "distill"),
-            ],
+            [*tiny, "--config-overrides", '{"vision_patch_dropout": 0.5}', "--distill-teacher", good]
+            + ["--output_dir", str(root / "distill")],
             {},
         ),
         "debug_shows_traceback": (
