@@ -209,6 +209,7 @@ def test_finetune_command_writes_the_adapter_with_its_card_both_results_and_a_me
     assert adapter_config["peft_type"] == "LORA" and adapter_config["r"] == 4
     assert adapter_config["base_model_name_or_path"] == "user/tiny-base"
     assert (adapter / "adapter_model.safetensors").is_file() and not (adapter / "model.safetensors").exists()
+    assert not (adapter / "training_args.bin").exists(), "the Hub-ready adapter folder must hold no pickle"
     card = ModelCard.load(adapter / "README.md")
     assert card.data.library_name == "peft" and card.data.base_model == "user/tiny-base"
     assert card.data.model_name == "tiny-night-lora" and '"user/tiny-night-lora"' in card.text

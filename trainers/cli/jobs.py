@@ -101,8 +101,14 @@ def record_evaluation(trainer: Any, split: str = "eval", metric_key_prefix: str 
 def train_save_evaluate(trainer: Any, training_args: Any, save_dir: str, evaluate: bool) -> dict[str, float]:
     """Train (resuming from `--resume_from_checkpoint`), save the model (or adapter) to `save_dir`, write the train
     metrics and the trainer state, then, with `evaluate`, the eval metrics, which are returned ({} without)."""
+    from transformers.trainer import TRAINING_ARGS_NAME
+
     result = trainer.train(resume_from_checkpoint=resume_value(training_args.resume_from_checkpoint))
     trainer.save_model(save_dir)
+    if trainer.is_world_process_zero():
+        # `save_model` also pickles the TrainingArguments there; the Hub-ready folder (model or adapter) holds no
+        # pickle: they live in the checkpoints, where resuming reads them.
+        Path(save_dir, TRAINING_ARGS_NAME).unlink(missing_ok=True)
     trainer.log_metrics("train", result.metrics)
     trainer.save_metrics("train", result.metrics)
     trainer.save_state()

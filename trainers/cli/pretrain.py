@@ -6,7 +6,6 @@ import logging
 import os
 import shutil
 from collections.abc import Sequence
-from pathlib import Path
 
 from .building import build_model_and_processor
 from .jobs import build_trainer, eval_name, log_summary, prepare_job, train_save_evaluate, write_card
@@ -27,7 +26,6 @@ def pretrain_main(argv: Sequence[str]) -> int:
     )
     demo_eval = resolve_demo(data_args, preset_image_size(model_args), training_args.seed)
     from transformers import set_seed
-    from transformers.trainer import TRAINING_ARGS_NAME
 
     set_seed(training_args.seed)
     model, processor = build_model_and_processor(model_args, pretraining=True)
@@ -35,9 +33,6 @@ def pretrain_main(argv: Sequence[str]) -> int:
     model_dir = os.path.join(training_args.output_dir, FINAL_MODEL_SUBDIR)
     metrics = train_save_evaluate(trainer, training_args, model_dir, gallery is not None or zero_shot is not None)
     if trainer.is_world_process_zero():
-        # `save_model` also pickles the TrainingArguments there; the Hub-ready folder holds no pickle (they live in
-        # the checkpoints, where resuming reads them).
-        Path(model_dir, TRAINING_ARGS_NAME).unlink(missing_ok=True)
         log_summary(metrics, gallery, zero_shot)
         write_card(
             model_dir,
