@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
 from transformers import TrainingArguments
 
 from hf_vlp.models.processing_vlp import DEFAULT_ZERO_SHOT_PROMPT
@@ -189,6 +190,9 @@ class VLPTrainingArguments(TrainingArguments):
         if self.dataloader_num_workers == 0:
             # persistent workers need workers; `--dataloader_num_workers 0` must not fail on the CLI's default
             self.dataloader_persistent_workers = False
+        if self.use_cpu or not torch.accelerator.is_available():
+            # pinned memory only speeds copies to an accelerator; without one the DataLoader warns on every run
+            self.dataloader_pin_memory = False
         super().__post_init__()
         if self.grad_cache_chunk_size < 0:
             raise ValueError(f"grad_cache_chunk_size must be >= 0 (0 disables), got {self.grad_cache_chunk_size}")

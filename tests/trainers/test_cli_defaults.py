@@ -38,3 +38,16 @@ def test_dataloader_workers_default_from_the_cpu_count_and_persist(tmp_path):
     )
     assert training_args.dataloader_num_workers == 0
     assert not training_args.dataloader_persistent_workers  # a DataLoader without workers refuses to persist them
+
+
+def test_memory_is_pinned_only_for_an_accelerator(tmp_path, monkeypatch):
+    """Without an accelerator pinning buys nothing and the DataLoader warns about it on every run."""
+    import torch
+
+    from trainers import VLPTrainingArguments
+
+    monkeypatch.setattr(torch.accelerator, "is_available", lambda: False)
+    assert not VLPTrainingArguments(output_dir=str(tmp_path)).dataloader_pin_memory
+    monkeypatch.setattr(torch.accelerator, "is_available", lambda: True)
+    assert VLPTrainingArguments(output_dir=str(tmp_path)).dataloader_pin_memory
+    assert not VLPTrainingArguments(output_dir=str(tmp_path), use_cpu=True).dataloader_pin_memory
