@@ -13,6 +13,7 @@ share; the rest is the floor of the ratio.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from benchmarks.bench_quality import model_config
 from benchmarks.common import (
     add_run_arguments,
     benchmark_parser,
+    count_flops,
     fmt_ratio,
     interleaved_rates,
     output_path,
@@ -40,27 +42,38 @@ RATES = (0.0, 0.5)
 PARTS = ("step", "vision", "text", "optimizer")
 
 
-def _parts(model, optimizer, batch: dict[str, Any]) -> dict[str, Any]:
-    """One callable per part; each runs it once and returns 1 (one step's worth of work)."""
+def _forward_backward(batch: dict[str, Any]) -> dict[str, Callable[[Any], None]]:
+    """Forward and backward of the whole model and of each tower, on `batch`, for any model passed in."""
 
     def backward_of(features) -> None:
         getattr(features, "pooler_output", features).sum().backward()
 
+    return {
+        "step": lambda model: model(**batch, return_loss=True).loss.backward(),
+        "vision": lambda model: backward_of(model.get_image_features(pixel_values=batch["pixel_values"])),
+        "text": lambda model: backward_of(
+            model.get_text_features(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        ),
+    }
+
+
+def _parts(model, optimizer, batch: dict[str, Any]) -> dict[str, Callable[[], int]]:
+    """One callable per part; each runs it once and returns 1 (one step's worth of work). The step includes AdamW."""
+    passes = _forward_backward(batch)
+
     def step() -> int:
-        model(**batch, return_loss=True).loss.backward()
+        passes["step"](model)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         return 1
 
-    def vision() -> int:
-        backward_of(model.get_image_features(pixel_values=batch["pixel_values"]))
-        model.zero_grad(set_to_none=True)
-        return 1
+    def tower(name: str) -> Callable[[], int]:
+        def run() -> int:
+            passes[name](model)
+            model.zero_grad(set_to_none=True)
+            return 1
 
-    def text() -> int:
-        backward_of(model.get_text_features(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]))
-        model.zero_grad(set_to_none=True)
-        return 1
+        return run
 
     def optimizer_step() -> int:
         for parameter in model.parameters():
@@ -69,7 +82,7 @@ def _parts(model, optimizer, batch: dict[str, Any]) -> dict[str, Any]:
         optimizer.zero_grad(set_to_none=True)
         return 1
 
-    return {"step": step, "vision": vision, "text": text, "optimizer": optimizer_step}
+    return {"step": step, "vision": tower("vision"), "text": tower("text"), "optimizer": optimizer_step}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -97,19 +110,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "attention_mask": torch.ones(args.batch, args.max_length, dtype=torch.long),
         "pixel_values": torch.randn(args.batch, 3, args.image_size, args.image_size, generator=generator),
     }
-    variants = {}
+    variants, flops = {}, {}
     for rate in RATES:
         torch.manual_seed(args.seed)
         model = DualEncoderModel(DualEncoderConfig(**values, vision_patch_dropout=rate)).train()
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
         for part, run in _parts(model, optimizer, batch).items():
             variants[f"{part}@{rate}"] = run
+        for part, forward_backward in _forward_backward(batch).items():
+            flops[f"{part}@{rate}"] = count_flops(model, forward_backward)
     with torch_threads(args.threads):
         for run in variants.values():  # warm-up: first calls allocate
             run()
         rates = interleaved_rates(variants, args.rounds)
     seconds = {name: 1.0 / summary["median"] for name, summary in rates.items()}
     ratios = {part: seconds[f"{part}@0.5"] / seconds[f"{part}@0.0"] for part in PARTS}
+    flop_ratios = {part: flops[f"{part}@0.5"] / flops[f"{part}@0.0"] for part in PARTS if f"{part}@0.0" in flops}
     report = {
         **report_head("patch_dropout", "cpu"),
         "command": " ".join(
@@ -118,14 +134,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "config": {**vars(args), "model_config": config},
         "seconds": seconds,
         "ratio_dropout_over_full": ratios,
+        "flops": flops,
+        "flop_ratio_dropout_over_full": flop_ratios,
         "rates": rates,
     }
     print_table(
         f"One training step and its parts, batch {args.batch}, towers {args.layers} x {args.width}, "
         f"{args.image_size} px, {args.max_length} tokens, {args.threads} thread(s), median of {args.rounds} rounds",
-        ["part", "s (patch dropout 0)", "s (patch dropout 0.5)", "0.5 / 0"],
+        ["part", "s (patch dropout 0)", "s (patch dropout 0.5)", "0.5 / 0", "FLOPs 0.5 / 0"],
         [
-            [part, f"{seconds[f'{part}@0.0']:.3f}", f"{seconds[f'{part}@0.5']:.3f}", fmt_ratio(ratios[part])]
+            [
+                part,
+                f"{seconds[f'{part}@0.0']:.3f}",
+                f"{seconds[f'{part}@0.5']:.3f}",
+                fmt_ratio(ratios[part]),
+                fmt_ratio(flop_ratios[part]) if part in flop_ratios else "-",
+            ]
             for part in PARTS
         ],
     )

@@ -103,6 +103,9 @@ def test_patch_dropout_breakdown_smoke(tmp_path):
     parts = ("step", "vision", "text", "optimizer")
     assert set(report["ratio_dropout_over_full"]) == set(parts)
     assert all(_finite_positive(report["seconds"][f"{part}@{rate}"]) for part in parts for rate in (0.0, 0.5))
+    flop_ratios = report["flop_ratio_dropout_over_full"]
+    assert flop_ratios["text"] == 1.0  # patch dropout leaves the text tower's work alone
+    assert flop_ratios["vision"] < flop_ratios["step"] < 1.0  # ... and the step keeps the text tower's share
 
 
 def test_interleaved_rates_alternates_order_and_pairs_rounds():
