@@ -51,6 +51,7 @@ ABLATIONS: dict[str, list[str]] = {
     "stock_decay_groups": ["--stock_weight_decay_groups"],
     "text_cls_pooling": ["--config-overrides", '{"text_pooling": "cls"}'],
     "workers_0": ["--dataloader_num_workers", "0"],
+    "max_length_padding": ["--text-padding", "max_length"],
     # a transformers ViT tower (pooled by its own tanh pooler, the default), and pooled by its class token
     "vit_tower": ["--config-overrides", "{vit_tower}"],
     "vit_cls_pooling": ["--config-overrides", "{vit_cls_pooling}"],

@@ -10,6 +10,7 @@ flags (underscores or dashes) and from YAML / JSON recipes.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 from transformers import TrainingArguments
@@ -334,6 +335,14 @@ class DataArguments:
         metadata={
             "help": "Class names and templates of a benchmark: 'imagenet-zh' (Chinese-CLIP's 1,000 Chinese "
             "ImageNet names and its templates, read from the installed cn-clip). Files given override its parts."
+        },
+    )
+    text_padding: Literal["longest", "max_length"] = field(
+        default="longest",
+        metadata={
+            "help": "Training batches pad captions to their longest caption ('longest': the text tower skips the "
+            "padding of short captions) or to --max-length ('max_length': fixed shapes, for torch.compile modes "
+            "that recompile on every new shape)."
         },
     )
     caption_strategy: str = field(

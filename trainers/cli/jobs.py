@@ -80,7 +80,7 @@ def build_trainer(
     trainer = VLPTrainer(
         model=model,
         args=training_args,
-        data_collator=ImageTextCollator(processor, max_length=processor.max_length),
+        data_collator=ImageTextCollator(processor, max_length=processor.max_length, padding=data_args.text_padding),
         train_dataset=train_dataset,
         eval_dataset=gallery if gallery is not None else zero_shot,
         zero_shot_dataset=zero_shot if gallery is not None else None,

@@ -33,8 +33,9 @@ class ImageTextCollator:
         max_length: token budget per caption; longer captions are truncated.
         image_transform: optional per-image callable (PIL in, anything the processor accepts out), e.g. training
             augmentation; it runs in the worker, before the processor.
-        padding: `"max_length"` (default: fixed shapes, friendly to compilation and to gathering across ranks) or
-            `"longest"` (less padding for short captions).
+        padding: `"longest"` (default: each batch is padded to its longest caption, so the text tower does not
+            run on the padding that short captions leave; gathering across ranks takes uneven lengths) or
+            `"max_length"` (every batch `max_length` long: fixed shapes, for compilers that recompile per shape).
         train: training mode: each image goes through the image processor's `augment` (hf-vlp's
             `VLPImageProcessor`: a random resized crop, never a flip by default) before preprocessing. Only for the
             training loader; evaluation must use a collator with `train=False` (the default).
@@ -61,7 +62,7 @@ class ImageTextCollator:
         processor: Callable[..., Any],
         max_length: int = 32,
         image_transform: Callable[[Any], Any] | None = None,
-        padding: Literal["max_length", "longest"] = "max_length",
+        padding: Literal["longest", "max_length"] = "longest",
         train: bool = False,
         crop_scale: tuple[float, float] | None = None,
     ) -> None:

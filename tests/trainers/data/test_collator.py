@@ -53,3 +53,35 @@ def test_all_bad_batch_keeps_only_the_side_channel(processor):
     batch = ImageTextCollator(processor)([None, None])
     assert set(batch) == set(SIDE_CHANNEL_KEYS)
     assert batch["num_skipped_samples"] == 2 and batch["image_index"].shape == (0,)
+
+
+def test_longest_padding_changes_no_model_output(small_processor):
+    """The training default pads to the batch's longest caption; masked padding must not move any score, neither a
+    dual encoder's (mean pooling over the mask) nor a fusion encoder's (cross-attention over the text mask)."""
+    from hf_vlp import FusionEncoderConfig, FusionEncoderForRetrieval
+    from tests.trainers.helpers import small_model
+
+    items = [item("a", "红色"), item("b", "一个红色的圆形"), item("c", "左边是两个蓝色的三角形")]
+    batches = {
+        padding: ImageTextCollator(small_processor, max_length=32, padding=padding)(items)
+        for padding in ("longest", "max_length")
+    }
+    assert batches["longest"]["input_ids"].shape[1] < batches["max_length"]["input_ids"].shape[1] == 32
+    inputs = {
+        padding: {key: batch[key] for key in ("input_ids", "attention_mask", "pixel_values")}
+        for padding, batch in batches.items()
+    }
+
+    dual = small_model().eval()
+    torch.manual_seed(0)
+    vision = {**FusionEncoderConfig.from_preset("tiny-fusion").vision_config.to_dict(), "image_size": 32}
+    fusion = FusionEncoderForRetrieval(FusionEncoderConfig.from_preset("tiny-fusion", vision_config=vision)).eval()
+    with torch.no_grad():
+        logits = {padding: dual(**batch).logits_per_image for padding, batch in inputs.items()}
+        scores = {}
+        for padding, batch in inputs.items():
+            image = fusion.encode_image(batch["pixel_values"])
+            text = fusion.encode_text(batch["input_ids"], batch["attention_mask"])
+            scores[padding] = fusion.match_score(image, text)
+    torch.testing.assert_close(logits["longest"], logits["max_length"], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(scores["longest"], scores["max_length"], rtol=1e-5, atol=1e-5)
