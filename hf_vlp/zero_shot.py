@@ -41,7 +41,8 @@ ZERO_SHOT_PRESETS = ("imagenet-zh",)
 
 
 class ZeroShotFileError(ValueError):
-    """A class-name or template file that cannot be used; the message names the file and the problem."""
+    """A class-name or template file, or a zero-shot preset, that cannot be used; the message names it and the
+    problem."""
 
 
 def _read_entries(path: str | os.PathLike, what: str) -> list[str]:
@@ -90,7 +91,7 @@ def zero_shot_preset(name: str) -> tuple[list[str], list[str]]:
     """`(class names, templates)` of a named benchmark; `imagenet-zh` reads the installed cn-clip package."""
     if name == "imagenet-zh":
         return cn_clip_imagenet_zero_shot()
-    raise ValueError(f"unknown zero-shot preset {name!r}; available: {', '.join(ZERO_SHOT_PRESETS)}")
+    raise ZeroShotFileError(f"unknown zero-shot preset {name!r}; available: {', '.join(ZERO_SHOT_PRESETS)}")
 
 
 def resolve_zero_shot_protocol(

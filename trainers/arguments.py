@@ -277,6 +277,9 @@ class ModelArguments:
     )
 
 
+DEFAULT_LABEL_COLUMN = "label"
+
+
 @dataclass
 class DataArguments:
     """Where the image-text pairs come from. One training source and one evaluation source at most."""
@@ -314,7 +317,8 @@ class DataArguments:
     )
     id_column: str | None = field(default=None, metadata={"help": "Image id column (rows sharing an image)."})
     label_column: str | None = field(
-        default="label", metadata={"help": "Class label column of the eval set, for zero-shot classification."}
+        default=DEFAULT_LABEL_COLUMN,
+        metadata={"help": "Class label column of the eval set, for zero-shot classification."},
     )
     zero_shot_classes: str | None = field(
         default=None,

@@ -142,6 +142,7 @@ class VLPTrainer(Trainer):
         self.zero_shot_dataset = zero_shot_dataset
         self._loss_terms: dict[str, list[torch.Tensor]] = {}
         self._num_skipped_samples = 0
+        self._num_usable_batches = 0
         self._grit_sampler: GritSampler | None = None
         self._grad_cache_checked = False
         if args.grit_sampling:
@@ -154,6 +155,7 @@ class VLPTrainer(Trainer):
         inputs, skipped = model_inputs(model, inputs, self.args.use_image_ids)
         if training:
             self._num_skipped_samples += skipped
+            self._num_usable_batches += inputs is not None
         alpha = distill_alpha(model, self.args.distill_warmup_steps, self.state.global_step)
         if inputs is not None and alpha is not None:
             inputs["alpha"] = alpha
@@ -234,6 +236,14 @@ class VLPTrainer(Trainer):
                 self._reduce(torch.tensor(float(self._num_skipped_samples), device=self.args.device), "sum")
             )
         super().log(logs, start_time)
+
+    def skipped_with_nothing_trained(self) -> int:
+        """The bad samples training skipped, summed over processes, when it never had a usable one (e.g. every image
+        corrupt); 0 otherwise. The model is then its initialisation, which a job must not save as trained. A
+        collective: every process calls it."""
+        usable = self._reduce(torch.tensor(float(self._num_usable_batches)), "sum")
+        skipped = self._reduce(torch.tensor(float(self._num_skipped_samples)), "sum")
+        return int(skipped) if usable == 0 else 0
 
     def _reduce(self, value: torch.Tensor, reduction: str) -> float:
         if self.args.world_size > 1:

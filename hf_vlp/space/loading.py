@@ -49,6 +49,10 @@ def resolve_model(model: str | None = None, revision: str | None = None) -> tupl
         )
     expanded = os.path.expanduser(model)
     if os.path.isdir(expanded):
+        if not os.path.isfile(os.path.join(expanded, "config.json")):
+            inside = os.path.join(model, "model")
+            hint = f"; the run's model is in {inside}" if os.path.isfile(os.path.join(inside, "config.json")) else ""
+            raise ModelNotFoundError(f"{model} holds no config.json: not a saved model folder{hint}")
         return os.path.abspath(expanded), None, True
     # A Hub id is `name` or `owner/name`; anything else that is not a folder was meant as a path.
     looks_like_path = (

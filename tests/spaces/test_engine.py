@@ -335,6 +335,10 @@ def test_missing_default_model_gives_instructions(monkeypatch, tmp_path):
     with pytest.raises(ModelNotFoundError, match="Model folder not found"):
         resolve_model("./not/a/folder")
     assert launch.main(["--model", str(tmp_path / "nothing-here")]) == 1
+    (tmp_path / "run" / "model").mkdir(parents=True)  # a training run's output folder instead of its model
+    (tmp_path / "run" / "model" / "config.json").write_text("{}")
+    with pytest.raises(ModelNotFoundError, match="no config.json.*the run's model is in .*run/model"):
+        resolve_model(str(tmp_path / "run"))
 
 
 def test_model_from_argument_env_or_default(monkeypatch, tmp_path, untrained_model_dir):

@@ -36,8 +36,27 @@ def _folder(root: Path, name: str, rows: list[dict] | None, images: tuple[str, .
 
 
 def _json_file(root: Path, name: str, values: dict) -> str:
-    (root / name).write_text(json.dumps(values), encoding="utf-8")
+    return _text_file(root, name, json.dumps(values))
+
+
+def _text_file(root: Path, name: str, text: str) -> str:
+    (root / name).write_text(text, encoding="utf-8")
     return str(root / name)
+
+
+def _corrupt_folder(root: Path) -> str:
+    """An image folder whose every image is corrupt (bytes that are no image)."""
+    folder = _folder(root, "corrupt", [{"file_name": f"{i}.png", "text": CAPTION} for i in range(4)])
+    for i in range(4):
+        (Path(folder) / f"{i}.png").write_bytes(b"not an image")
+    return folder
+
+
+def _run_folder(root: Path) -> str:
+    """A training run's output folder: the model is in its `model/` subfolder."""
+    (root / "run_output" / "model").mkdir(parents=True)
+    _json_file(root / "run_output" / "model", "config.json", {"model_type": "hf_vlp_dual_encoder"})
+    return str(root / "run_output")
 
 
 @pytest.fixture(scope="module")
@@ -120,6 +139,28 @@ def mistakes(tmp_path_factory, busy_port):
             + ["--output_dir", str(root / "distill")],
             {},
         ),
+        "misspelt_flag": ([*tiny, "--learnig_rate", "1"], {}),
+        "abbreviated_flag": ([*tiny, "--max-step", "3"], {}),
+        "recipe_not_yaml": (
+            ["pretrain", "--recipe", _text_file(root, "broken.yaml", "preset: tiny\nmax_steps: 3: 4\n")],
+            {},
+        ),
+        "recipe_key_typo": (["pretrain", "--recipe", _text_file(root, "typo.yaml", "max_step: 3\n")], {}),
+        "config_override_typo": ([*tiny, "--config-overrides", '{"lock_visoin": true}'], {}),
+        "missing_templates_file": ([*tiny, "--eval-dir", good, "--zero-shot-templates", str(root / "no.txt")], {}),
+        "unknown_zero_shot_preset": ([*tiny, "--zero-shot-preset", "imagenet"], {}),
+        "shards_without_max_steps": (["pretrain", "--preset", "tiny", "--train-shards", str(root / "*.tar")], {}),
+        "label_column_missing": (
+            [*tiny, "--eval-dir", good, "--label-column", "category", "--output_dir", str(root / "labels")],
+            {},
+        ),
+        "evaluate_without_model": (["evaluate", "--preset", "tiny", "--eval-dir", good], {}),
+        "run_folder_as_model": (["evaluate", "--model", _run_folder(root), "--eval-dir", good], {}),
+        "every_image_corrupt": (
+            ["pretrain", "--preset", "tiny", "--train-dir", _corrupt_folder(root), "--max_steps", "2"]
+            + ["--per_device_train_batch_size", "2", "--output_dir", str(root / "corrupt_run")],
+            {},
+        ),
         "debug_shows_traceback": (
             ["pretrain", "--preset", "tiny", "--train-dir", str(root / "nonexistent"), "--debug"],
             {},
@@ -168,6 +209,21 @@ def mistakes(tmp_path_factory, busy_port):
         ),
         ("inconsistent_training_flags", USAGE, "invalid arguments: grit_refresh_epochs must be >= 1"),
         ("distill_with_patch_dropout", RUNTIME, "train the student with vision_patch_dropout=0"),
+        ("misspelt_flag", USAGE, r"unknown flag\(s\) --learnig_rate \(did you mean --learning_rate"),
+        ("abbreviated_flag", USAGE, r"unknown flag\(s\) --max-step \(did you mean --max_steps"),
+        ("recipe_not_yaml", USAGE, r"recipe .*broken.yaml is not valid YAML: "),
+        (
+            "recipe_key_typo",
+            USAGE,
+            r"unknown keys in recipe .*typo.yaml.*: max_step \(max_step: did you mean max_steps",
+        ),
+        ("config_override_typo", USAGE, r"DualEncoderConfig has no setting lock_visoin \(did you mean lock_vision"),
+        ("missing_templates_file", RUNTIME, r"templates file .*no.txt does not exist"),
+        ("unknown_zero_shot_preset", USAGE, r"--zero-shot-preset imagenet: no such preset; did you mean imagenet-zh"),
+        ("shards_without_max_steps", USAGE, r"--train-shards streams the data.*add --max_steps N"),
+        ("label_column_missing", RUNTIME, r"has no 'category' column .*--label-column"),
+        ("evaluate_without_model", USAGE, r"hf-vlp evaluate needs --model"),
+        ("run_folder_as_model", RUNTIME, r"no config.json in the folder .*the run's model is in .*run_output/model"),
     ],
 )
 def test_a_mistake_is_one_line_naming_the_fix(mistakes, case, status, expected):
@@ -178,6 +234,23 @@ def test_a_mistake_is_one_line_naming_the_fix(mistakes, case, status, expected):
     assert len(lines) == 1, stderr
     assert lines[0].startswith("hf-vlp ")
     assert re.search(expected, lines[0]), lines[0]
+
+
+def test_a_misspelt_command_is_one_line_naming_the_command_meant():
+    result = subprocess.run([sys.executable, "-m", "trainers.cli", "pretain"], capture_output=True, text=True)
+    assert result.returncode == USAGE
+    assert result.stderr.strip() == "hf-vlp: unknown command 'pretain'; did you mean pretrain?"
+
+
+def test_training_on_nothing_but_bad_samples_saves_no_model(mistakes):
+    """Each corrupt image is a warning naming it; that none was usable ends the job in one line, with no model."""
+    returncode, stderr = mistakes("every_image_corrupt")
+    assert returncode == RUNTIME and "Traceback" not in stderr, stderr
+    assert stderr.count("Skipping bad sample") == 4
+    assert re.fullmatch(
+        r"hf-vlp pretrain: every training sample was unusable \(4 skipped; .*no model was saved: fix or replace the data",
+        stderr.strip().splitlines()[-1],
+    )
 
 
 def test_debug_shows_the_traceback(mistakes):
@@ -208,3 +281,20 @@ def test_check_max_length_refuses_only_lengths_beyond_the_positions(tiny_dual_co
 )
 def test_paths_are_never_taken_for_hub_ids(value, is_path):
     assert path_like(value) is is_path
+
+
+@pytest.mark.parametrize(("command", "module"), [("index build", "faiss"), ("export onnx", "onnxruntime")])
+def test_a_missing_optional_dependency_is_one_line_naming_the_extra(tmp_path, command, module):
+    """Without the [deploy] extra, `hf-vlp index` / `export` refuse before loading a model or encoding anything."""
+    blocker = tmp_path / "sitecustomize.py"  # makes the module unimportable, as when it is not installed
+    blocker.write_text(f"import sys\nsys.modules[{module!r}] = None\n")
+    argv = {"index build": ["index", "build", "--model", "m", "--images", "x", "--output", "o"]}.get(
+        command, ["export", "onnx", "m", "out"]
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run(
+        [sys.executable, "-m", "trainers.cli", *argv], capture_output=True, text=True, env=env, cwd=tmp_path
+    )
+    assert result.returncode == RUNTIME, result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert f"hf-vlp {command} needs {module}" in result.stderr and 'pip install "hf-vlp[deploy]"' in result.stderr

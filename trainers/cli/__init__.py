@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from .building import build_model_and_processor
-from .errors import DEBUG_ENV, debug_enabled, report, user_errors
+from .errors import DEBUG_ENV, closest_names, debug_enabled, report, user_errors
 from .evaluate import evaluate_main
 from .jobs import build_trainer, eval_name, prepare_job, resume_value
 from .parsing import RECIPES_DIR, load_recipe, parse_job_args, setup_logging
@@ -107,14 +107,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     command = SUBCOMMANDS.get(argv[0])
     if command is None:
-        print(f"hf-vlp: unknown command {argv[0]!r}\n\n{_usage()}", file=sys.stderr)
+        hint = closest_names(argv[0], SUBCOMMANDS)
+        if hint:  # a typo: one line naming the command meant
+            print(f"hf-vlp: unknown command {argv[0]!r}; {hint}", file=sys.stderr)
+        else:
+            print(f"hf-vlp: unknown command {argv[0]!r}\n\n{_usage()}", file=sys.stderr)
         return 2
     try:
-        return command.run(argv[1:])
+        status = command.run(argv[1:])
+        _close_process_group()
+        return status
     except Exception as error:
         if debug_enabled() or not isinstance(error, user_errors()):
             raise
         return report(f"hf-vlp {command.name}", error)
+
+
+def _close_process_group() -> None:
+    """Tear down the process group of a finished distributed job before the interpreter exits, as torch asks: left to
+    shutdown, a backend's threads can outlive it and abort the rank ("terminate called without an active exception").
+    Only after success: a rank that failed may leave the others waiting in a collective."""
+    dist = sys.modules.get("torch.distributed")  # never imported by a job that did not use torch
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 register_subcommand("pretrain", pretrain_main, "Pre-train (or continue training) an image-text model.")

@@ -14,7 +14,7 @@ from typing import Any
 __all__ = ["build_model_and_processor", "default_text_length", "text_positions"]
 
 from .checks import check_model_path
-from .errors import RUNTIME, USAGE, UserError, check_max_length
+from .errors import RUNTIME, USAGE, UserError, check_max_length, closest_names
 from .text_length import default_text_length, text_positions
 
 
@@ -38,6 +38,26 @@ def _config_overrides(model_args: Any) -> dict[str, Any]:
     if not isinstance(overrides, dict):
         raise UserError(f"--config-overrides must be a JSON object, e.g. {_OVERRIDES_EXAMPLE}", USAGE)
     return overrides
+
+
+def _check_override_keys(config_class: type, overrides: dict[str, Any]) -> None:
+    """Refuse `--config-overrides` keys that `config_class` has no setting for: a config keeps any key silently, so a
+    typo (`lock_visoin`) would be saved in config.json and change nothing."""
+    if not overrides:
+        return
+    try:
+        default = config_class()
+    except Exception:  # a config that cannot be built without arguments: nothing to check against
+        return
+    known = set(default.to_dict())
+    unknown = [key for key in overrides if key not in known and not hasattr(default, key)]
+    if unknown:
+        named = [f"{key} ({closest_names(key, known)})" if closest_names(key, known) else key for key in unknown]
+        raise UserError(
+            f"--config-overrides: {config_class.__name__} has no setting {', '.join(named)}; its settings are the "
+            "keys of the model's config.json",
+            USAGE,
+        )
 
 
 def _read_model_config(model_config: str) -> dict[str, Any]:
@@ -136,7 +156,7 @@ def build_model_and_processor(model_args: Any, pretraining: bool = False) -> tup
     """
     from transformers import AutoConfig, AutoProcessor
 
-    from hf_vlp import DualEncoderModel, config_for_preset, load_tokenizer, processor_for_preset
+    from hf_vlp import DualEncoderConfig, DualEncoderModel, config_for_preset, load_tokenizer, processor_for_preset
 
     overrides = _config_overrides(model_args)
     hub = {"revision": model_args.revision} if model_args.revision else {}
@@ -145,6 +165,7 @@ def build_model_and_processor(model_args: Any, pretraining: bool = False) -> tup
         remote = {"trust_remote_code": model_args.trust_remote_code, **hub}
         with _config_errors(f"--model {model_args.model}", overrides):
             config = _load_model_config(model_args.model, remote, overrides)
+        _check_override_keys(type(config), overrides)
         model = _model_class(config, pretraining).from_pretrained(model_args.model, config=config, **remote)
         if model_args.tokenizer:
             processor = _processor_for_config(model.config, load_tokenizer(model_args.tokenizer, **hub), None)
@@ -157,12 +178,14 @@ def build_model_and_processor(model_args: Any, pretraining: bool = False) -> tup
         values.pop("auto_map", None)
         with _config_errors(f"--model-config {model_args.model_config}", overrides):
             config = AutoConfig.for_model(values.pop("model_type"), **values)
+        _check_override_keys(type(config), overrides)
         model = _model_class(config, pretraining).from_config(config)
         tokenizer = load_tokenizer(model_args.tokenizer or "builtin-chinese", **hub)
         processor = _processor_for_config(config, tokenizer, None)
     elif model_args.text_model or model_args.vision_model:
         if not (model_args.text_model and model_args.vision_model):
             raise UserError("--text-model and --vision-model go together", USAGE)
+        _check_override_keys(DualEncoderConfig, overrides)
         model = DualEncoderModel.from_vision_text_pretrained(
             model_args.vision_model, model_args.text_model, hub_kwargs=hub, **overrides
         )
@@ -171,6 +194,7 @@ def build_model_and_processor(model_args: Any, pretraining: bool = False) -> tup
     elif model_args.preset:
         with _config_errors(f"--preset {model_args.preset}", overrides):
             config = config_for_preset(model_args.preset, **overrides)
+        _check_override_keys(type(config), overrides)
         model = _model_class(config, pretraining).from_config(config)
         processor = processor_for_preset(model_args.preset, tokenizer=model_args.tokenizer)
     else:

@@ -70,7 +70,11 @@ def check_model_path(model: str | None) -> None:
             RUNTIME,
         )
     if not os.path.isfile(os.path.join(local, "config.json")):
-        raise UserError(f"--model {model}: no config.json in the folder (not a saved model)", RUNTIME)
+        inside = os.path.join(model, "model")
+        hint = (
+            f"; the run's model is in {inside}" if os.path.isfile(os.path.join(local, "model", "config.json")) else ""
+        )
+        raise UserError(f"--model {model}: no config.json in the folder (not a saved model){hint}", RUNTIME)
 
 
 def _check_preset(preset: str | None) -> None:
@@ -158,6 +162,26 @@ def check_job_args(model_args: Any, data_args: Any, training_args: Any) -> None:
     for flag, path in (("--train-file", data_args.train_file), ("--eval-file", data_args.eval_file)):
         if path and "://" not in path and not os.path.isfile(path):
             raise UserError(f"{flag} {path}: no such file", RUNTIME)
+    if getattr(data_args, "train_shards", None) and training_args.max_steps <= 0:
+        raise UserError(
+            "--train-shards streams the data, which has no length to count epochs by: add --max_steps N", USAGE
+        )
+    _check_zero_shot_protocol(data_args)
+
+
+def _check_zero_shot_protocol(data_args: Any) -> None:
+    """Read the zero-shot class and template files and check the preset's name now, so that a bad one fails before
+    training, not after it (they are read again where the zero-shot set is built)."""
+    from hf_vlp.zero_shot import ZERO_SHOT_PRESETS, load_class_names, load_templates
+
+    preset = getattr(data_args, "zero_shot_preset", None)
+    if preset and preset not in ZERO_SHOT_PRESETS:
+        hint = closest_names(preset, ZERO_SHOT_PRESETS) or f"available: {', '.join(ZERO_SHOT_PRESETS)}"
+        raise UserError(f"--zero-shot-preset {preset}: no such preset; {hint}", USAGE)
+    if getattr(data_args, "zero_shot_classes", None):
+        load_class_names(data_args.zero_shot_classes)
+    if getattr(data_args, "zero_shot_templates", None):
+        load_templates(data_args.zero_shot_templates)
 
 
 def data_error(error: Exception) -> UserError | None:

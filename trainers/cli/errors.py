@@ -14,7 +14,7 @@ from __future__ import annotations
 import difflib
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from .text_length import text_positions
@@ -30,6 +30,7 @@ __all__ = [
     "user_errors",
     "looks_like_path",
     "report",
+    "require_modules",
 ]
 
 USAGE = 2
@@ -47,12 +48,29 @@ class UserError(Exception):
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """Typed errors of the layers below the CLI that already name the bad input (imported lazily: `--help` stays
-    fast): malformed data sources, unreadable images, refused Hub pushes, conflicting training options."""
+    fast): malformed data sources, unreadable images, refused Hub pushes, conflicting training options, unusable
+    zero-shot class, template or preset files."""
     from hf_vlp import HubPushError, InvalidImageError
+    from hf_vlp.zero_shot import ZeroShotFileError
     from trainers.arguments import OptionConflictError
     from trainers.data import DataFormatError
 
-    return (UserError, DataFormatError, InvalidImageError, HubPushError, OptionConflictError)
+    return (UserError, DataFormatError, InvalidImageError, HubPushError, OptionConflictError, ZeroShotFileError)
+
+
+def require_modules(command: str, modules: Sequence[str], extra: str) -> None:
+    """Refuse, before any work, a command whose optional dependencies are not installed: one line naming the install.
+
+    `modules` are import names; `extra` is the hf-vlp extra that installs them (e.g. "deploy")."""
+    import importlib.util
+
+    missing = [name for name in modules if importlib.util.find_spec(name) is None]
+    if missing:
+        raise UserError(
+            f"{command} needs {', '.join(missing)}, which hf-vlp's [{extra}] extra installs: "
+            f'pip install "hf-vlp[{extra}]" (or pip install -e ".[{extra}]" in a checkout)',
+            RUNTIME,
+        )
 
 
 def debug_enabled() -> bool:

@@ -18,6 +18,12 @@ def evaluate_main(argv: Sequence[str]) -> int:
     model_args, data_args, training_args, _ = prepare_job(
         argv, "hf-vlp evaluate", "Image-text retrieval and zero-shot evaluation of an hf-vlp model."
     )
+    if not model_args.model:
+        raise UserError(
+            "hf-vlp evaluate needs --model: a trained model folder (e.g. hf_vlp_demo_output/model) or a Hub id; a "
+            "--preset, --model-config or --text-model/--vision-model alone would be evaluated untrained",
+            USAGE,
+        )
     resolve_demo(data_args, preset_image_size(model_args), training_args.seed)
     from ..trainer import VLPTrainer
 

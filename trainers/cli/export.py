@@ -6,6 +6,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from .errors import require_modules
+
 
 __all__ = ["export_main"]
 
@@ -25,6 +27,7 @@ def export_main(argv: Sequence[str], prog: str = "hf-vlp export") -> int:
     onnx.add_argument("--opset", type=int, default=17)
     onnx.add_argument("--quantize", choices=("int8",), default=None, help="also write dynamic-int8 graphs")
     args = parser.parse_args(list(argv))
+    require_modules(f"{prog} onnx", ("onnx", "onnxruntime"), "deploy")
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.disable_progress_bar()  # "Loading weights" bars would bury the one-line answer

@@ -16,6 +16,7 @@ from typing import Any
 from trainers.data import DataFormatError
 from trainers.indexing import build_index, merge_index
 
+from .errors import require_modules
 from .parsing import flag_values
 
 
@@ -105,6 +106,7 @@ def index_main(argv: Sequence[str], prog: str = "hf-vlp index") -> int:
     from hf_vlp.index import IndexFormatError, IndexModelMismatchError
 
     args = _build_parser(prog).parse_args(list(argv))
+    require_modules(f"{prog} {args.action}", ("faiss", "pyarrow"), "deploy")
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.disable_progress_bar()  # "Loading weights" bars would bury the one-line answer

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .checks import check_job_args
-from .errors import USAGE, UserError
+from .errors import RUNTIME, USAGE, UserError
 from .parsing import parse_job_args, setup_logging
 from .sources import build_eval_sets, build_train_dataset
 
@@ -104,6 +104,13 @@ def train_save_evaluate(trainer: Any, training_args: Any, save_dir: str, evaluat
     from transformers.trainer import TRAINING_ARGS_NAME
 
     result = trainer.train(resume_from_checkpoint=resume_value(training_args.resume_from_checkpoint))
+    skipped = trainer.skipped_with_nothing_trained()
+    if skipped:
+        raise UserError(
+            f"every training sample was unusable ({skipped} skipped; the warnings above name each file and why), so "
+            "nothing was trained and no model was saved: fix or replace the data",
+            RUNTIME,
+        )
     trainer.save_model(save_dir)
     if trainer.is_world_process_zero():
         # `save_model` also pickles the TrainingArguments there; the Hub-ready folder (model or adapter) holds no

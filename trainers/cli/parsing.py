@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import json
 import logging
 import os
@@ -53,7 +54,13 @@ def load_recipe(name_or_path: str) -> dict[str, Any]:
             hint = closest_names(name_or_path, available) or f"built-in recipes: {', '.join(available)}"
             raise UserError(f"no recipe {name_or_path!r} (neither a file nor a built-in recipe); {hint}", USAGE)
     with open(path, encoding="utf-8") as handle:
-        values = json.load(handle) if path.suffix == ".json" else yaml.safe_load(handle)
+        try:
+            values = json.load(handle) if path.suffix == ".json" else yaml.safe_load(handle)
+        except (json.JSONDecodeError, yaml.YAMLError) as error:
+            problem = " ".join(str(error).split())
+            raise UserError(
+                f"recipe {path} is not valid {path.suffix.lstrip('.').upper()}: {problem}", USAGE
+            ) from None
     if not isinstance(values, dict):
         raise UserError(f"recipe {path} must hold a mapping of argument names to values", USAGE)
     return {key.replace("-", "_"): value for key, value in values.items()}
@@ -79,7 +86,9 @@ def parse_job_args(argv: Sequence[str], prog: str, description: str, extra: Sequ
     from ..arguments import DataArguments, JobArguments, ModelArguments, VLPTrainingArguments
 
     classes = (ModelArguments, DataArguments, VLPTrainingArguments, JobArguments, *extra)
-    parser = HfArgumentParser(classes, prog=prog, description=description, formatter_class=HelpFormatter)
+    parser = HfArgumentParser(
+        classes, prog=prog, description=description, formatter_class=HelpFormatter, allow_abbrev=False
+    )
     # Decode images outside the training process by default: decoding in it puts image decoding and resizing on the
     # step's critical path (the stock default, 0 workers). Workers persist across epochs, so that an epoch does not
     # start by forking them again (the datasets' epoch is shared with them, see `trainers.data.dataset.SharedEpoch`).
@@ -97,18 +106,40 @@ def parse_job_args(argv: Sequence[str], prog: str, description: str, extra: Sequ
         fields = {field.name for cls in classes for field in dataclasses.fields(cls) if field.init}
         unknown = sorted(set(recipe) - fields)
         if unknown:
-            raise UserError(f"unknown keys in recipe {known.recipe!r}: {', '.join(unknown)}", USAGE)
+            hints = "; ".join(f"{key}: {closest_names(key, fields)}" for key in unknown if closest_names(key, fields))
+            raise UserError(
+                f"unknown keys in recipe {known.recipe!r}: {', '.join(unknown)}" + (f" ({hints})" if hints else ""),
+                USAGE,
+            )
         parser.set_defaults(
             **{
                 key: json.dumps(value) if key == "config_overrides" and isinstance(value, dict) else value
                 for key, value in recipe.items()
             }
         )
+    _refuse_unknown_flags(parser, argv)
     try:
         return parser.parse_args_into_dataclasses(args=list(argv), look_for_args_file=False)
     except ValueError as error:
         # the arguments' own consistency checks (`__post_init__`, ours and TrainingArguments'): a flag mistake
         raise UserError(f"invalid arguments: {error}", USAGE) from error
+
+
+def _refuse_unknown_flags(parser: argparse.ArgumentParser, argv: Sequence[str]) -> None:
+    """One line naming each flag the job does not know and the flag meant, instead of the parser's list of leftovers
+    (a misspelt flag must not be taken for another one either: the parser takes no abbreviations)."""
+    _, leftovers = parser.parse_known_args(list(argv))
+    flags = [value.split("=", 1)[0] for value in leftovers if value.startswith("--")]
+    if not leftovers:
+        return
+    if not flags:
+        raise UserError(f"unexpected value(s) {' '.join(leftovers)}: each value follows its flag", USAGE)
+    spelled = {option: action.option_strings[0] for action in parser._actions for option in action.option_strings}
+    named = []
+    for flag in flags:
+        meant = dict.fromkeys(spelled[option] for option in difflib.get_close_matches(flag, spelled, n=6, cutoff=0.6))
+        named.append(f"{flag} (did you mean {', '.join(list(meant)[:3])}?)" if meant else flag)
+    raise UserError(f"unknown flag(s) {', '.join(named)}; see --help (or --help-all for the Trainer's)", USAGE)
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):

@@ -29,7 +29,9 @@ def push_main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="hf-vlp push",
         description="Publish a folder written by save_pretrained (hf-vlp model + processor, or a PEFT adapter) to the "
-        "Hugging Face Hub. The token comes from HF_TOKEN or `hf auth login`.",
+        "Hugging Face Hub. The token comes from HF_TOKEN or `hf auth login`. To publish the Gradio Space that serves "
+        "a model instead: `hf-vlp push --space USER/NAME --model ID --revision SHA` (see `hf-vlp push --space x "
+        "--help`).",
     )
     parser.add_argument("folder", help="the saved model or adapter folder (it is only read)")
     parser.add_argument("--repo-id", required=True, help="owner/name on the Hub; created if missing")

@@ -119,11 +119,18 @@ def _read_folder_records(folder: str, data_args: Any, extra_columns: Sequence[st
 
 def _with_labels(read: Callable[..., list[dict]], source: str, data_args: Any) -> list[dict]:
     """Read eval records with the label column when the source has one (for zero-shot), without it otherwise."""
-    from trainers.data import DataFormatError
+    from trainers.data import DataFormatError, MissingColumnError
+
+    from ..arguments import DEFAULT_LABEL_COLUMN
 
     if data_args.label_column:
         try:
             return read(source, data_args, extra_columns=[data_args.label_column])
+        except MissingColumnError as error:
+            if error.column != data_args.label_column:
+                raise
+            if data_args.label_column != DEFAULT_LABEL_COLUMN:  # only the default may be absent (no labels at all)
+                raise MissingColumnError(error.column, "label_column", error.source, error.available) from None
         except DataFormatError as error:
             if repr(data_args.label_column) not in str(error):
                 raise
