@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -148,8 +149,20 @@ class _ImageRefs(Dataset):
         try:
             return decode_image(self.refs[index])
         except BadSampleError as error:
-            logger.warning("Evaluation image %d cannot be used (%s); it is encoded as a blank image", index, error)
+            logger.warning(
+                "Evaluation image %d (%s) cannot be used (%s); it is encoded as a blank image",
+                index,
+                _reference_name(self.refs[index]),
+                error,
+            )
             return None
+
+
+def _reference_name(ref: Any) -> str:
+    """What a user recognises an image reference by: its path (a string, or a `datasets` Image's `path`)."""
+    if isinstance(ref, dict):
+        ref = ref.get("path") or "in-memory image"
+    return str(ref) if isinstance(ref, (str, os.PathLike)) else type(ref).__name__
 
 
 class _ImageBatcher:

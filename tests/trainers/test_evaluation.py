@@ -140,9 +140,11 @@ def test_zero_shot_accuracy_with_chinese_prompts(tmp_path, small_processor, reco
     assert set(_metrics(trainer, zero_shot)) == {"eval_zero_shot_top1"}
 
 
-def test_bad_gallery_images_are_counted_and_keep_their_slot(tmp_path, small_processor, records):
+def test_bad_gallery_images_are_counted_and_keep_their_slot(tmp_path, small_processor, records, caplog):
     broken = [dict(record) for record in records]
     broken[3]["image"] = str(tmp_path / "missing.png")
+    (tmp_path / "corrupt.png").write_bytes(b"not an image")
+    broken[5]["image"] = str(tmp_path / "corrupt.png")
     trainer = VLPTrainer(
         model=small_model(),
         args=training_args(tmp_path),
@@ -150,7 +152,9 @@ def test_bad_gallery_images_are_counted_and_keep_their_slot(tmp_path, small_proc
         processing_class=small_processor,
     )
     metrics = _metrics(trainer)
-    assert metrics["eval_broken_num_bad_images"] == 1 and "eval_clean_num_bad_images" not in metrics
+    assert metrics["eval_broken_num_bad_images"] == 2 and "eval_clean_num_bad_images" not in metrics
+    warned = [record.getMessage() for record in caplog.records if "Evaluation image" in record.getMessage()]
+    assert any("corrupt.png" in message for message in warned), warned  # the file is named, not a byte buffer
     assert metrics["eval_broken_num_images"] == metrics["eval_clean_num_images"] == 12
 
 
