@@ -129,9 +129,9 @@ def _refuse_unknown_flags(parser: argparse.ArgumentParser, argv: Sequence[str]) 
     """One line naming each flag the job does not know and the flag meant, instead of the parser's list of leftovers
     (a misspelt flag must not be taken for another one either: the parser takes no abbreviations)."""
     _, leftovers = parser.parse_known_args(list(argv))
-    flags = [value.split("=", 1)[0] for value in leftovers if value.startswith("--")]
     if not leftovers:
         return
+    flags = [value.split("=", 1)[0] for value in leftovers if value.startswith("--")]
     if not flags:
         raise UserError(f"unexpected value(s) {' '.join(leftovers)}: each value follows its flag", USAGE)
     spelled = {option: action.option_strings[0] for action in parser._actions for option in action.option_strings}
