@@ -149,6 +149,10 @@ def mistakes(tmp_path_factory, busy_port):
         "config_override_typo": ([*tiny, "--config-overrides", '{"lock_visoin": true}'], {}),
         "missing_templates_file": ([*tiny, "--eval-dir", good, "--zero-shot-templates", str(root / "no.txt")], {}),
         "unknown_zero_shot_preset": ([*tiny, "--zero-shot-preset", "imagenet"], {}),
+        "shards_not_found": (
+            ["pretrain", "--preset", "tiny", "--train-shards", str(root / "nope" / "*.tar"), "--max_steps", "2"],
+            {},
+        ),
         "shards_without_max_steps": (["pretrain", "--preset", "tiny", "--train-shards", str(root / "*.tar")], {}),
         "label_column_missing": (
             [*tiny, "--eval-dir", good, "--label-column", "category", "--output_dir", str(root / "labels")],
@@ -220,6 +224,7 @@ def mistakes(tmp_path_factory, busy_port):
         ("config_override_typo", USAGE, r"DualEncoderConfig has no setting lock_visoin \(did you mean lock_vision"),
         ("missing_templates_file", RUNTIME, r"templates file .*no.txt does not exist"),
         ("unknown_zero_shot_preset", USAGE, r"--zero-shot-preset imagenet: no such preset; did you mean imagenet-zh"),
+        ("shards_not_found", RUNTIME, r"--train-shards .*nope/\*.tar: no file matches"),
         ("shards_without_max_steps", USAGE, r"--train-shards streams the data.*add --max_steps N"),
         ("label_column_missing", RUNTIME, r"has no 'category' column .*--label-column"),
         ("evaluate_without_model", USAGE, r"hf-vlp evaluate needs --model"),

@@ -195,6 +195,8 @@ def build_train_dataset(data_args: Any, seed: int = 0) -> Any:
         shards = []
         for pattern in data_args.train_shards:
             matches = sorted(glob.glob(pattern)) if "://" not in pattern else []
+            if "://" not in pattern and not matches:  # a local pattern: refuse it before the first step, not in it
+                raise UserError(f"--train-shards {pattern}: no file matches (a path or glob of local shards)", RUNTIME)
             shards += matches or [pattern]
         return StreamingImageTextDataset(
             shards,
