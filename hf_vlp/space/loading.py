@@ -17,7 +17,15 @@ from transformers import AutoModel, AutoProcessor
 import hf_vlp  # noqa: F401 - registers the hf-vlp classes with the Auto classes for local folders
 
 
-__all__ = ["DEFAULT_MODEL_DIR", "ENV_MODEL", "ENV_REVISION", "ModelNotFoundError", "load_model", "resolve_model"]
+__all__ = [
+    "DEFAULT_MODEL_DIR",
+    "ENV_MODEL",
+    "ENV_REVISION",
+    "ModelNotFoundError",
+    "load_model",
+    "resolve_model",
+    "run_output_hint",
+]
 
 logger = logging.getLogger("hf_vlp.space")
 
@@ -50,9 +58,7 @@ def resolve_model(model: str | None = None, revision: str | None = None) -> tupl
     expanded = os.path.expanduser(model)
     if os.path.isdir(expanded):
         if not os.path.isfile(os.path.join(expanded, "config.json")):
-            inside = os.path.join(model, "model")
-            hint = f"; the run's model is in {inside}" if os.path.isfile(os.path.join(inside, "config.json")) else ""
-            raise ModelNotFoundError(f"{model} holds no config.json: not a saved model folder{hint}")
+            raise ModelNotFoundError(f"{model} holds no config.json: not a saved model folder{run_output_hint(model)}")
         return os.path.abspath(expanded), None, True
     # A Hub id is `name` or `owner/name`; anything else that is not a folder was meant as a path.
     looks_like_path = (
@@ -61,6 +67,17 @@ def resolve_model(model: str | None = None, revision: str | None = None) -> tupl
     if looks_like_path:
         raise ModelNotFoundError(f"Model folder not found: {model}")
     return model, revision, False
+
+
+def run_output_hint(folder: str) -> str:
+    """`"; the run's model is in FOLDER/model"` when `folder` is a training run's output folder (whose saved model is
+    in its `model/` subfolder, as `hf-vlp pretrain` writes it), else ""."""
+    inside = os.path.join(folder, "model")
+    return (
+        f"; the run's model is in {inside}"
+        if os.path.isfile(os.path.join(os.path.expanduser(inside), "config.json"))
+        else ""
+    )
 
 
 def load_model(model: str | None = None, revision: str | None = None, device: str | None = None):

@@ -70,11 +70,11 @@ def check_model_path(model: str | None) -> None:
             RUNTIME,
         )
     if not os.path.isfile(os.path.join(local, "config.json")):
-        inside = os.path.join(model, "model")
-        hint = (
-            f"; the run's model is in {inside}" if os.path.isfile(os.path.join(local, "model", "config.json")) else ""
+        from hf_vlp.space.loading import run_output_hint
+
+        raise UserError(
+            f"--model {model}: no config.json in the folder (not a saved model){run_output_hint(model)}", RUNTIME
         )
-        raise UserError(f"--model {model}: no config.json in the folder (not a saved model){hint}", RUNTIME)
 
 
 def _check_preset(preset: str | None) -> None:
